@@ -1,0 +1,13 @@
+"""flask-tailnet: serve a Flask app over a Tailscale tailnet safely, with one line.
+
+``TailnetGuard(app)`` serves loopback requests without login, asks tailnet peers for a
+credential, and refuses everyone else.
+"""
+
+from __future__ import annotations
+
+from .extension import TailnetGuard, current_peer
+from .peer import Peer
+from .settings import ConfigurationError
+
+__all__ = ["ConfigurationError", "Peer", "TailnetGuard", "current_peer"]

@@ -1,0 +1,83 @@
+"""The credential cascade: each step decides (a peer, or a denial) or passes to the next.
+
+Steps run in order; the first that decides wins, and when none decides the request is denied.
+A step that recognises its credential but finds it wrong denies at once instead of passing on,
+so a bad credential of one kind is never rescued by another.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .peer import Peer
+from .secretfile import SecretFile
+
+
+class Decision(enum.Enum):
+    DENY = "deny"
+
+
+DENY = Decision.DENY
+StepResult = Peer | Decision | None
+
+
+class Step(Protocol):
+    """One way to authenticate: return the authenticated peer, :data:`DENY`, or ``None`` to pass."""
+
+    def __call__(self, environ: Mapping[str, Any], peer: Peer) -> StepResult: ...
+
+
+def authenticate(steps: Sequence[Step], environ: Mapping[str, Any], peer: Peer) -> Peer | None:
+    """Run the cascade; the authenticated peer, or ``None`` (denied) when no step admits it."""
+    for step in steps:
+        result = step(environ, peer)
+        if result is None:
+            continue
+        return None if result is DENY else result
+    return None
+
+
+def bearer_credential(environ: Mapping[str, Any]) -> bytes | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header (scheme name in any case,
+    surrounding whitespace ignored), as bytes; ``b""`` for a bearer header with an empty or
+    unencodable credential; ``None`` when there is no bearer header at all."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    if not isinstance(header, str):
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    try:
+        return value.strip().encode("latin-1")
+    except UnicodeEncodeError:
+        return b""
+
+
+def secret_matches(presented: bytes, secret: bytes | None) -> bool:
+    """Constant-time comparison of bytes. False when either side is empty or absent."""
+    if not presented or not secret:
+        return False
+    return hmac.compare_digest(presented, secret)
+
+
+class BearerToken:
+    """``Authorization: Bearer <token>`` against the app's token file.
+
+    Passes when there is no bearer header. Denies an empty, wrong or non-ASCII token, and every
+    token while the token file is missing-and-uncreatable, untrusted or empty. The token file is
+    created on first need.
+    """
+
+    def __init__(self, token_file: SecretFile) -> None:
+        self.token_file = token_file
+
+    def __call__(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+        presented = bearer_credential(environ)
+        if presented is None:
+            return None
+        if secret_matches(presented, self.token_file.read(create=True)):
+            return Peer(peer.address, "token", None, False, peer.via_proxy)
+        return DENY

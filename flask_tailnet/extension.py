@@ -1,0 +1,206 @@
+"""TailnetGuard: the Flask adapter around the pure gate and the credential cascade.
+
+The guard wraps ``app.wsgi_app``, so every request (404s, static files, automatic OPTIONS
+included) is decided before Flask routes it, at the cost of one function call: a
+``before_request`` hook alone would cost more than the whole decision. Refusals are raised
+through Flask's own error handling, so ``@app.errorhandler(401)`` and ``(403)`` work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from flask import Flask, request
+from werkzeug import exceptions
+from werkzeug.local import LocalProxy
+
+from . import settings as settings_module
+from .addresses import Policy
+from .credentials import BearerToken, Step, authenticate
+from .gate import Gate, Outcome
+from .peer import NOBODY, Peer
+from .secretfile import SecretFile, UnsafeSecretFile, ensure_private_dir
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("flask_tailnet")
+
+#: The environ key that holds the request's :class:`Peer` once the guard admitted it.
+PEER_KEY = "flask_tailnet.peer"
+EXTENSION_KEY = "tailnet"
+TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+_EXEMPT_ATTR = "_tailnet_exempt"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Unauthorized(exceptions.Unauthorized):
+    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check."""
+
+    def __init__(self, realm: str) -> None:
+        super().__init__("A credential is required.")
+        self.realm = realm
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("WWW-Authenticate", f'Bearer realm="{self.realm}"'),
+        ]
+
+    def get_body(self, *args: Any, **kwargs: Any) -> str:
+        return json.dumps({"error": "unauthorized", "message": self.description})
+
+
+class Forbidden(exceptions.Forbidden):
+    """A flat 403 with a JSON body; the same for every refusal, so it tells nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("This address or host name is not served.")
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+
+    def get_body(self, *args: Any, **kwargs: Any) -> str:
+        return json.dumps({"error": "forbidden", "message": self.description})
+
+
+@dataclass(frozen=True, slots=True)
+class GuardState:
+    """Everything one app's guard holds: ``app.extensions["tailnet"]``."""
+
+    settings: settings_module.Settings
+    gate: Gate
+    token_file: SecretFile
+    steps: tuple[Step, ...]
+
+
+class TailnetGuard:
+    """Protect a Flask app: local requests just work, tailnet peers authenticate, others are
+    refused.
+
+    ``settings`` are ``TAILNET_*`` values given by keyword, with or without the prefix and in any
+    case (``network="local"``); they take precedence over ``app.config``.
+    """
+
+    def __init__(self, app: Flask | None = None, **settings: Any) -> None:
+        self._overrides = {_setting_key(k): v for k, v in settings.items()}
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the settings and install the guard. Calling it again for the same app does
+        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting."""
+        if EXTENSION_KEY in app.extensions:
+            return
+        config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
+        config.update(self._overrides)
+        conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
+        token_file = SecretFile(conf.state_dir, TOKEN_FILE)
+        state = GuardState(
+            settings=conf,
+            gate=Gate(
+                policy=Policy(conf.network, conf.allowlist),
+                allowed_hosts=conf.allowed_hosts,
+                trusted_proxies=conf.trusted_proxies,
+                local_bypass=conf.local_bypass,
+            ),
+            token_file=token_file,
+            steps=(BearerToken(token_file),),
+        )
+        if conf.state_dir.exists():
+            try:
+                ensure_private_dir(conf.state_dir)
+            except UnsafeSecretFile as exc:
+                log.error("flask-tailnet: %s; token authentication is refused until fixed", exc)
+        app.extensions[EXTENSION_KEY] = state
+        app.wsgi_app = GuardMiddleware(app, app.wsgi_app, state)  # type: ignore[method-assign]
+
+    @staticmethod
+    def exempt(view: F) -> F:
+        """Serve ``view`` without a credential. The Host check, the network policy, the allowlist
+        and the cross-site refusal still apply."""
+        setattr(view, _EXEMPT_ATTR, True)
+        return view
+
+
+class GuardMiddleware:
+    """The WSGI wrapper that applies one app's guard before Flask sees the request."""
+
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> None:
+        self.app = app
+        self.wsgi_app = wsgi_app
+        self.state = state
+        self._admit = state.gate.admit
+        self._steps = state.steps
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            verdict = self._admit(environ)
+            outcome = verdict.outcome
+            if outcome is Outcome.SERVE:
+                peer: Peer | None = verdict.peer
+            elif outcome is Outcome.AUTHENTICATE:
+                peer = authenticate(self._steps, environ, verdict.peer)
+                if peer is None:
+                    return self._unauthenticated(environ, start_response, verdict.peer)
+            else:
+                environ[PEER_KEY] = verdict.peer
+                return self._refuse(environ, start_response, Forbidden())
+        except Exception:
+            log.exception("flask-tailnet: internal error while deciding a request; refused")
+            return Forbidden()(environ, start_response)
+        environ[PEER_KEY] = peer
+        return self.wsgi_app(environ, start_response)
+
+    def _unauthenticated(
+        self, environ: WSGIEnvironment, start_response: StartResponse, anonymous: Peer
+    ) -> Iterable[bytes]:
+        environ[PEER_KEY] = anonymous
+        with self.app.request_context(environ):
+            view = self.app.view_functions.get(request.endpoint or "")
+            exempt = getattr(view, _EXEMPT_ATTR, False) is True
+        if exempt:
+            return self.wsgi_app(environ, start_response)
+        return self._refuse(environ, start_response, Unauthorized(self.state.settings.realm))
+
+    def _refuse(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        error: exceptions.HTTPException,
+    ) -> Iterable[bytes]:
+        """Answer with ``error`` through the app's error handlers; the app's views and
+        before-request hooks never run."""
+        app = self.app
+        with app.request_context(environ):
+            try:
+                rv = app.handle_user_exception(error)
+            except Exception as exc:  # an error handler that failed
+                rv = app.handle_exception(exc)
+            response = app.finalize_request(rv, from_error_handler=True)
+        return response(environ, start_response)
+
+
+def _setting_key(name: str) -> str:
+    upper = name.upper()
+    return upper if upper.startswith("TAILNET_") else f"TAILNET_{upper}"
+
+
+def _current_peer() -> Peer:
+    peer = request.environ.get(PEER_KEY, NOBODY)
+    return cast(Peer, peer)
+
+
+#: The :class:`Peer` of the current request (like Flask-Login's ``current_user``).
+current_peer: Peer = cast(Peer, LocalProxy(_current_peer))
+
+
+def guard_state(app: Flask) -> GuardState | None:
+    """The guard state of ``app``, or ``None`` when the app does not use the extension."""
+    return cast("GuardState | None", app.extensions.get(EXTENSION_KEY))

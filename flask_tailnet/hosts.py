@@ -1,0 +1,135 @@
+"""The Host check against DNS rebinding, and the same-origin test for browser requests (pure).
+
+A web page can point its own name at 127.0.0.1 or a tailnet IP and then talk to this app as
+same-origin; the browser still sends that page's name in ``Host``. So ``Host`` must name this app:
+``localhost``, an IP literal the network policy admits, or a name the operator listed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .addresses import IPAddress, parse_ip
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_CACHE_LIMIT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """An allowed name, lower case without a trailing dot; ``subdomains`` for a leading-dot entry,
+    which matches the name itself and every name below it."""
+
+    name: str
+    subdomains: bool = False
+
+    def matches(self, name: str) -> bool:
+        if name == self.name:
+            return True
+        return self.subdomains and name.endswith("." + self.name)
+
+
+def parse_host_rule(entry: str) -> HostRule:
+    """Parse an ``ALLOWED_HOSTS`` entry; raise ``ValueError`` for anything that is not a DNS name
+    (a bare ``*`` or ``.`` included: the Host check cannot be switched off)."""
+    text = entry.strip().lower()
+    subdomains = text.startswith(".")
+    name = text[1:] if subdomains else text
+    if not name or _NAME.fullmatch(name) is None or len(name) > 254:
+        raise ValueError(
+            f"{entry!r} is not a host name; list names such as 'myhost.tail1a2b3.ts.net' or "
+            "'.tail1a2b3.ts.net' (the Host check cannot be turned off)"
+        )
+    return HostRule(name.rstrip("."), subdomains)
+
+
+def split_host(value: object) -> tuple[str, IPAddress | None, str] | None:
+    """Split a ``Host`` value into (lower-case name or canonical IP text, parsed IP or None, port).
+
+    Returns ``None`` for anything malformed: not a string, empty, a missing name (``:5000``), a bad
+    or out-of-range port, an unclosed bracket (``[::1``), a bracket around a non-IPv6 value, a bare
+    IPv6 literal, whitespace, userinfo, or a name that is not DNS syntax. Never raises.
+    """
+    if not isinstance(value, str) or not value or len(value) > 300:
+        return None
+    if value.startswith("["):
+        inner, bracket, rest = value[1:].partition("]")
+        ip = parse_ip(inner)
+        if not bracket or ip is None or ":" not in inner:
+            return None
+    else:
+        inner, sep, port = value.partition(":")
+        rest = sep + port
+        ip = parse_ip(inner)
+        if ip is None and _NAME.fullmatch(inner.lower()) is None:
+            return None
+    port = rest[1:]
+    if rest and (rest[0] != ":" or _PORT.fullmatch(port) is None or int(port) > 65535):
+        return None
+    if ip is not None:
+        return str(ip), ip, port
+    return inner.lower().rstrip("."), None, port
+
+
+class HostCheck:
+    """Decides whether a ``Host`` header names this app; results are cached per distinct value.
+
+    Accepted: ``localhost`` (any case, any port), loopback IP literals, IP literals that
+    ``admits_ip`` accepts, and names matching ``rules``. Everything else, and every malformed or
+    missing value, is refused.
+    """
+
+    def __init__(
+        self, rules: tuple[HostRule, ...], admits_ip: Callable[[IPAddress | None], bool]
+    ) -> None:
+        self._rules = rules
+        self._admits_ip = admits_ip
+        self._cache: dict[object, bool] = {}
+
+    def __call__(self, value: object) -> bool:
+        try:
+            return self._cache[value]
+        except (KeyError, TypeError):
+            pass
+        verdict = self._decide(value)
+        if isinstance(value, str):
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[value] = verdict
+        return verdict
+
+    def _decide(self, value: object) -> bool:
+        parts = split_host(value)
+        if parts is None:
+            return False
+        name, ip, _ = parts
+        if ip is not None:
+            return ip.is_loopback or self._admits_ip(ip)
+        if name == "localhost":
+            return True
+        return any(rule.matches(name) for rule in self._rules)
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def same_origin(origin: object, host: object, scheme: str) -> bool:
+    """True if the ``Origin`` header names exactly this request's scheme and ``Host``.
+
+    Refused: a missing or ``null`` Origin, another scheme, another host or port (a default port
+    equals its absence), and anything malformed on either side.
+    """
+    if not isinstance(origin, str):
+        return False
+    origin_scheme, sep, origin_host = origin.partition("://")
+    if not sep or origin_scheme.lower() != scheme:
+        return False
+    ours, theirs = split_host(host), split_host(origin_host)
+    if ours is None or theirs is None:
+        return False
+    default = _DEFAULT_PORTS.get(scheme, "")
+    return (ours[0], ours[2] or default) == (theirs[0], theirs[2] or default)

@@ -1,0 +1,236 @@
+"""Secret files: created 0600 from the first byte, replaced atomically, re-read when they change.
+
+A secret file is trusted only when it is a regular file (not a symbolic link), owned by the uid
+the server runs as, with no permission bits for group or others, inside a directory that passes
+the same test. An untrusted, missing or empty file yields no secret, so that whatever checks
+against it fails closed; the error log line names the file and the fix, never the content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("flask_tailnet")
+
+_MAX_SIZE = 64 * 1024
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_StatKey = tuple[int, int, int, int, int]
+
+
+class UnsafeSecretFile(Exception):
+    """A secret file or its directory cannot be trusted; the message names the path and the fix."""
+
+
+def new_token() -> bytes:
+    """32 random bytes, URL-safe base64 without padding (43 characters)."""
+    return secrets.token_urlsafe(32).encode("ascii")
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` with mode 0700 if missing (parents with the default mode), then check
+    it; raise :class:`UnsafeSecretFile` if it is a symbolic link, not a directory, owned by
+    another uid, or open to group or others."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    problem = _directory_problem(directory)
+    if problem is not None:
+        raise UnsafeSecretFile(problem)
+
+
+def _directory_problem(directory: Path) -> str | None:
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        return f"state directory {directory} cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            f"state directory {directory} is a symbolic link; "
+            "set TAILNET_STATE_DIR to the real path"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        return f"state directory {directory} is not a directory; remove it or move it away"
+    if st.st_uid != os.geteuid():
+        return (
+            f"state directory {directory} is owned by uid {st.st_uid}, not {os.geteuid()}; "
+            f"run: chown {os.geteuid()} {directory}"
+        )
+    if st.st_mode & 0o077:
+        return (
+            f"state directory {directory} is open to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 700 {directory}"
+        )
+    return None
+
+
+class SecretFile:
+    """One secret file in a private directory.
+
+    :meth:`read` costs one ``lstat`` when nothing changed; the file is re-read and re-checked only
+    when its (inode, device, mtime, ctime, size) changed, so a replacement by rename, an edit, or a
+    ``chmod`` takes effect on the next call in every process.
+    """
+
+    def __init__(
+        self, directory: Path, name: str, generate: Callable[[], bytes] = new_token
+    ) -> None:
+        self.directory = directory
+        self.path = directory / name
+        self._path = str(self.path)
+        self._generate = generate
+        self._cached: tuple[_StatKey, bytes | None] | None = None
+
+    def read(self, *, create: bool = False) -> bytes | None:
+        """The secret, stripped of surrounding whitespace; ``None`` when the file is missing (and
+        ``create`` is false or creation failed), untrusted, unreadable or empty. Never raises."""
+        for _ in range(3):
+            try:
+                st = os.lstat(self._path)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                create = False
+                try:
+                    self._publish(replace=False)
+                except (OSError, UnsafeSecretFile) as exc:
+                    log.error("flask-tailnet: cannot create %s: %s", self._path, _describe(exc))
+                    return None
+                continue
+            except OSError as exc:
+                log.error("flask-tailnet: cannot stat %s: %s", self._path, exc.strerror)
+                return None
+            key = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            cached = self._cached
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            try:
+                value = self._load(st)
+            except UnsafeSecretFile as exc:
+                log.error("flask-tailnet: refusing %s", exc)
+                value = None
+            except _Changed:
+                continue
+            self._cached = (key, value)
+            return value
+        return None
+
+    def ensure(self) -> bytes:
+        """The secret, creating the file if it is missing. Raises :class:`UnsafeSecretFile` when
+        the file or its directory is untrusted or the file is empty."""
+        for _ in range(3):
+            try:
+                return self._load(os.lstat(self._path))
+            except FileNotFoundError:
+                self._publish(replace=False)
+            except _Changed:
+                continue
+        raise UnsafeSecretFile(f"{self._path} keeps changing while it is read; try again")
+
+    def rotate(self) -> bytes:
+        """Replace the file atomically with a new secret and return it. A reader sees the old
+        file or the new one, whole, never a partial one."""
+        self._publish(replace=True)
+        return self.ensure()
+
+    def problem(self) -> str | None:
+        """Why the file is not usable now (missing, untrusted or empty), or ``None``."""
+        try:
+            self._load(os.lstat(self._path))
+        except FileNotFoundError:
+            return f"{self._path} does not exist yet"
+        except (UnsafeSecretFile, _Changed) as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{self._path}: {exc.strerror}"
+        return None
+
+    def _load(self, st: os.stat_result) -> bytes:
+        """Check and read the file that ``st`` describes; raise on anything not trusted."""
+        path = self._path
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeSecretFile(f"{path} is a symbolic link; remove it: rm {path}")
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeSecretFile(f"{path} is not a regular file; remove it")
+        if st.st_uid != os.geteuid():
+            raise UnsafeSecretFile(
+                f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}; "
+                f"run: chown {os.geteuid()} {path}"
+            )
+        if st.st_mode & 0o077:
+            raise UnsafeSecretFile(
+                f"{path} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"run: chmod 600 {path}"
+            )
+        problem = _directory_problem(self.directory)
+        if problem is not None:
+            raise UnsafeSecretFile(problem)
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except FileNotFoundError:
+            raise _Changed(path) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Changed(path) from None
+            raise UnsafeSecretFile(f"{path} cannot be opened ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as handle:
+            opened = os.fstat(handle.fileno())
+            if (opened.st_ino, opened.st_dev) != (st.st_ino, st.st_dev):
+                raise _Changed(path)
+            data = handle.read(_MAX_SIZE + 1)
+        value = data.strip()
+        if not value:
+            raise UnsafeSecretFile(
+                f"{path} is empty; an empty secret matches nothing: "
+                "run: flask tailnet token --rotate"
+            )
+        if len(data) > _MAX_SIZE:
+            raise UnsafeSecretFile(f"{path} is larger than {_MAX_SIZE} bytes; replace it")
+        return value
+
+    def _publish(self, *, replace: bool) -> None:
+        """Write a new secret to a private temporary file, fsync it, then make it visible whole:
+        by ``link`` when creating (the first process wins, the others keep its secret) or by
+        ``rename`` when rotating."""
+        ensure_private_dir(self.directory)
+        temp = self.directory / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(temp, _OPEN_NEW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self._generate() + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            if replace:
+                os.replace(temp, self.path)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.link(temp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        _fsync_directory(self.directory)
+
+
+class _Changed(Exception):
+    """The file was replaced between ``lstat`` and ``open``; read again."""
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
