@@ -61,7 +61,7 @@ class Forbidden(exceptions.Forbidden):
     """A flat 403 with a JSON body; the same for every refusal, so it tells nothing."""
 
     def __init__(self) -> None:
-        super().__init__("This address or host name is not served.")
+        super().__init__("This request is not served.")
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
         return [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
