@@ -1,0 +1,270 @@
+"""The token file: created private, published whole, re-read on change, refused when unsafe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_tailnet.cli import tailnet
+from flask_tailnet.secretfile import SecretFile, UnsafeSecretFile
+
+from .conftest import TAILNET_HOST, TAILNET_PEER, call
+
+
+def remote(client: Any, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    return int(call(client, peer=TAILNET_PEER, host=TAILNET_HOST, headers=headers).status_code)
+
+
+def token_file(app: Flask) -> SecretFile:
+    return app.extensions["tailnet"].token_file  # type: ignore[no-any-return]
+
+
+def test_created_with_private_modes(state_dir: Path) -> None:
+    old = os.umask(0)
+    try:
+        token = SecretFile(state_dir, "token").ensure()
+    finally:
+        os.umask(old)
+    assert (state_dir.stat().st_mode & 0o777) == 0o700
+    assert ((state_dir / "token").stat().st_mode & 0o777) == 0o600
+    assert len(token) >= 43
+    assert token.decode().replace("-", "").replace("_", "").isalnum()
+
+
+def test_mode_is_set_at_creation_never_by_chmod(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[tuple[str, int, int]] = []
+    real_open = os.open
+
+    def spy_open(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        opened.append((str(path), flags, mode))
+        return real_open(path, flags, mode, **kw)
+
+    def no_chmod(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("chmod after creation")
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(os, "fchmod", no_chmod)
+    SecretFile(state_dir, "token").ensure()
+    created = [(p, f, m) for p, f, m in opened if f & os.O_CREAT]
+    assert created, "the secret must be created with os.open"
+    for _path, flags, mode in created:
+        assert flags & os.O_EXCL and flags & os.O_NOFOLLOW
+        assert mode == 0o600
+
+
+def test_temporary_files_do_not_linger(state_dir: Path) -> None:
+    secret = SecretFile(state_dir, "token")
+    secret.ensure()
+    secret.rotate()
+    assert sorted(p.name for p in state_dir.iterdir()) == ["token"]
+
+
+def test_whitespace_is_stripped(state_dir: Path) -> None:
+    secret = SecretFile(state_dir, "token")
+    secret.ensure()
+    (state_dir / "token").write_bytes(b"  abc-def \n\n")
+    assert secret.read() == b"abc-def"
+
+
+UNSAFE_MODES = [
+    pytest.param(0o640, id="group-readable"),
+    pytest.param(0o620, id="group-writable"),
+    pytest.param(0o604, id="world-readable"),
+    pytest.param(0o602, id="world-writable"),
+    pytest.param(0o666, id="everyone"),
+    pytest.param(0o610, id="group-executable"),
+]
+
+
+@pytest.mark.parametrize("mode", UNSAFE_MODES)
+def test_file_open_to_others_is_refused(
+    app: Flask, client: Any, token: str, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = token_file(app).path
+    os.chmod(path, mode)
+    with caplog.at_level(logging.ERROR, "flask_tailnet"):
+        assert remote(client, token) == 401
+    assert f"chmod 600 {path}" in caplog.text
+    assert token not in caplog.text
+    with pytest.raises(UnsafeSecretFile, match="chmod 600"):
+        token_file(app).ensure()
+    os.chmod(path, 0o600)
+    assert remote(client, token) == 200
+
+
+@pytest.mark.parametrize("mode", [0o750, 0o705, 0o770, 0o777])
+def test_directory_open_to_others_is_refused(
+    app: Flask,
+    client: Any,
+    token: str,
+    state_dir: Path,
+    mode: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    os.chmod(state_dir, mode)
+    os.utime(token_file(app).path)  # any change makes the guard look again
+    with caplog.at_level(logging.ERROR, "flask_tailnet"):
+        assert remote(client, token) == 401
+    assert f"chmod 700 {state_dir}" in caplog.text
+
+
+def test_symlink_planted_in_place_of_the_token(
+    app: Flask, client: Any, token: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    attacker = tmp_path / "attacker-token"
+    attacker.write_text("attacker-chosen-token")
+    attacker.chmod(0o600)
+    path = token_file(app).path
+    path.unlink()
+    path.symlink_to(attacker)
+    with caplog.at_level(logging.ERROR, "flask_tailnet"):
+        assert remote(client, "attacker-chosen-token") == 401
+        assert remote(client, token) == 401
+    assert "symbolic link" in caplog.text
+    with pytest.raises(UnsafeSecretFile, match="symbolic link"):
+        token_file(app).ensure()
+
+
+def test_dangling_symlink_is_not_followed_on_creation(state_dir: Path, tmp_path: Path) -> None:
+    state_dir.mkdir(mode=0o700)
+    target = tmp_path / "created-through-link"
+    (state_dir / "token").symlink_to(target)
+    secret = SecretFile(state_dir, "token")
+    assert secret.read(create=True) is None
+    with pytest.raises(UnsafeSecretFile):
+        secret.ensure()
+    assert not target.exists()
+
+
+def test_symlinked_state_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(UnsafeSecretFile, match="symbolic link"):
+        SecretFile(link, "token").ensure()
+    assert SecretFile(link, "token").read(create=True) is None
+
+
+def test_not_a_regular_file_is_refused(state_dir: Path) -> None:
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "token").mkdir(mode=0o700)
+    with pytest.raises(UnsafeSecretFile, match="not a regular file"):
+        SecretFile(state_dir, "token").ensure()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_file_owned_by_another_user_is_refused(app: Flask, client: Any, token: str) -> None:
+    os.chown(token_file(app).path, 65534, 65534)
+    assert remote(client, token) == 401
+    with pytest.raises(UnsafeSecretFile, match="owned by uid 65534"):
+        token_file(app).ensure()
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"   \n\t "], ids=["empty", "newline", "blanks"])
+def test_empty_token_matches_nothing(app: Flask, client: Any, token: str, content: bytes) -> None:
+    token_file(app).path.write_bytes(content)
+    for presented in ["", " ", token]:
+        assert remote(client, presented) == 401
+    with pytest.raises(UnsafeSecretFile, match="empty"):
+        token_file(app).ensure()
+
+
+def test_rotation_is_seen_without_restart(app: Flask, client: Any, token: str) -> None:
+    assert remote(client, token) == 200
+    result = app.test_cli_runner().invoke(tailnet, ["token", "--rotate"])
+    new = result.output.strip()
+    assert result.exit_code == 0 and new and new != token
+    assert remote(client, token) == 401
+    assert remote(client, new) == 200
+
+
+def test_replacement_by_rename_and_in_place_edit_are_seen(
+    app: Flask, client: Any, token: str, state_dir: Path
+) -> None:
+    assert remote(client, token) == 200
+    staged = state_dir / "staged"
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"renamed-into-place-token\n")
+    os.close(fd)
+    os.replace(staged, state_dir / "token")
+    assert remote(client, token) == 401
+    assert remote(client, "renamed-into-place-token") == 200
+    with open(state_dir / "token", "r+b") as handle:  # same inode, new content and size
+        handle.write(b"edited-in-place-token-xyz\n")
+    assert remote(client, "edited-in-place-token-xyz") == 200
+
+
+def test_one_stat_per_request_when_unchanged(
+    app: Flask, client: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert remote(client, token) == 200
+    calls: list[str] = []
+    real_lstat, real_open = os.lstat, os.open
+
+    def count_lstat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("lstat")
+        return real_lstat(path, *args, **kwargs)
+
+    def count_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append("open")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", count_lstat)
+    monkeypatch.setattr(os, "open", count_open)
+    for _ in range(5):
+        assert remote(client, token) == 200
+    assert calls == ["lstat"] * 5
+
+
+def test_token_created_on_first_need(app: Flask, client: Any, state_dir: Path) -> None:
+    assert not state_dir.exists()
+    assert call(client).status_code == 200  # loopback needs no token: nothing created
+    assert not (state_dir / "token").exists()
+    assert remote(client, "guess") == 401  # a bearer credential is the first need
+    assert (state_dir / "token").exists()
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from flask_tailnet.secretfile import SecretFile
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+token = SecretFile(Path(sys.argv[1]), "token").read(create=True)
+print(token.decode() if token else "NONE")
+"""
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_processes_racing_to_create_agree_on_one_token(tmp_path: Path, round_: int) -> None:
+    state = tmp_path / f"race{round_}"
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(state), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    tokens = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(tokens) == 1
+    (token,) = tokens
+    assert token != "NONE"
+    assert (state / "token").read_text().strip() == token
+    assert sorted(p.name for p in state.iterdir()) == ["token"]
