@@ -140,18 +140,6 @@ class SecretFile:
         self._publish(replace=True)
         return self.ensure()
 
-    def problem(self) -> str | None:
-        """Why the file is not usable now (missing, untrusted or empty), or ``None``."""
-        try:
-            self._load(os.lstat(self._path))
-        except FileNotFoundError:
-            return f"{self._path} does not exist yet"
-        except (UnsafeSecretFile, _Changed) as exc:
-            return str(exc)
-        except OSError as exc:
-            return f"{self._path}: {exc.strerror}"
-        return None
-
     def _load(self, st: os.stat_result) -> bytes:
         """Check and read the file that ``st`` describes; raise on anything not trusted."""
         path = self._path

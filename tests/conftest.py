@@ -114,4 +114,4 @@ def _no_leftover_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key in list(os.environ):
         if key.startswith("FLASK_TAILNET_"):
             monkeypatch.delenv(key)
-    yield
+    return

@@ -73,7 +73,8 @@ def test_installed_command_through_the_entry_point(state_dir: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert first.stdout == (state_dir / "token").read_text()
     rotated = flask_cli("tailnet", "token", "--rotate", state_dir=state_dir)
-    assert rotated.returncode == 0 and rotated.stdout != first.stdout
+    assert rotated.returncode == 0
+    assert rotated.stdout != first.stdout
 
 
 def test_installed_command_on_an_app_without_the_extension(tmp_path: Path) -> None:

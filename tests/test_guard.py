@@ -14,7 +14,7 @@ from flask_tailnet import ConfigurationError, TailnetGuard, current_peer
 from flask_tailnet.extension import GuardMiddleware
 from flask_tailnet.peer import NOBODY
 
-from .conftest import TAILNET_HOST, TAILNET_PEER, call
+from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
 
 
 def remote(client: Any, path: str = "/", auth: str | None = None, **kw: Any) -> Any:
@@ -186,8 +186,6 @@ def test_init_app_is_idempotent(app: Flask) -> None:
 
 
 def test_two_apps_stay_independent(tmp_path: Path) -> None:
-    from .conftest import make_app
-
     one, two = make_app(tmp_path / "one"), make_app(tmp_path / "two", network="local")
     token_one = one.extensions["tailnet"].token_file.ensure().decode()
     token_two = two.extensions["tailnet"].token_file.ensure().decode()

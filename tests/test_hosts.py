@@ -141,5 +141,6 @@ def test_host_parsers_never_raise(value: object) -> None:
 def test_garbage_host_is_never_loopback(text: str) -> None:
     parts = split_host(text)
     if parts is not None and parts[1] is not None and parts[1].is_loopback:
-        assert text.strip() == text and " " not in text
+        assert text.strip() == text
+        assert " " not in text
         assert text.startswith(("127.", "[")), text

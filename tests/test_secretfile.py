@@ -60,7 +60,8 @@ def test_mode_is_set_at_creation_never_by_chmod(
     created = [(p, f, m) for p, f, m in opened if f & os.O_CREAT]
     assert created, "the secret must be created with os.open"
     for _path, flags, mode in created:
-        assert flags & os.O_EXCL and flags & os.O_NOFOLLOW
+        assert flags & os.O_EXCL
+        assert flags & os.O_NOFOLLOW
         assert mode == 0o600
 
 
@@ -186,7 +187,9 @@ def test_rotation_is_seen_without_restart(app: Flask, client: Any, token: str) -
     assert remote(client, token) == 200
     result = app.test_cli_runner().invoke(tailnet, ["token", "--rotate"])
     new = result.output.strip()
-    assert result.exit_code == 0 and new and new != token
+    assert result.exit_code == 0
+    assert new
+    assert new != token
     assert remote(client, token) == 401
     assert remote(client, new) == 200
 

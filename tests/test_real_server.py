@@ -1,0 +1,212 @@
+"""The example app under a real WSGI server, bound to a tailnet-range address on the loopback
+interface. Needs root (``ip addr add``); skipped otherwise, and never skipped under CI."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_V4, CLIENT_V4 = "100.64.0.10", "100.64.0.11"
+SERVER_V6, CLIENT_V6 = "fd7a:115c:a1e0::10", "fd7a:115c:a1e0::11"
+ADDRESSES = [f"{SERVER_V4}/32", f"{CLIENT_V4}/32", f"{SERVER_V6}/128", f"{CLIENT_V6}/128"]
+
+pytestmark = pytest.mark.root
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def tailnet_addresses() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("adding tailnet-range addresses to the loopback interface needs root")
+    if shutil.which("ip") is None:
+        pytest.skip("the `ip` command (iproute2) is not installed")
+    added = []
+    for cidr in ADDRESSES:
+        result = _ip("addr", "add", cidr, "dev", "lo", *(["nodad"] if ":" in cidr else []))
+        if result.returncode == 0:
+            added.append(cidr)
+        elif "File exists" not in result.stderr:
+            pytest.fail(f"ip addr add {cidr} dev lo: {result.stderr.strip()}")
+    try:
+        yield
+    finally:
+        for cidr in added:
+            _ip("addr", "del", cidr, "dev", "lo")
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    state_dir: Path
+
+    def request(
+        self,
+        source: str,
+        path: str = "/api/whoami",
+        headers: dict[str, str] | None = None,
+        host_header: str | None = None,
+    ) -> tuple[int, dict[str, object] | str]:
+        conn = http.client.HTTPConnection(
+            self.host, self.port, timeout=10, source_address=(source, 0)
+        )
+        try:
+            conn.putrequest("GET", path, skip_host=True)
+            netloc = f"[{self.host}]" if ":" in self.host else self.host
+            conn.putheader("Host", host_header or f"{netloc}:{self.port}")
+            for name, value in (headers or {}).items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            body = response.read().decode()
+            if response.getheader("Content-Type", "").startswith("application/json"):
+                return response.status, json.loads(body)
+            return response.status, body
+        finally:
+            conn.close()
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", *args],
+            cwd=ROOT,
+            env={**os.environ, "FLASK_TAILNET_STATE_DIR": str(self.state_dir)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout.strip()
+
+
+def _serve(host: str, state_dir: Path) -> Iterator[Server]:
+    port = _free_port(host)
+    env = {**os.environ, "FLASK_TAILNET_STATE_DIR": str(state_dir)}
+    log_path = state_dir.parent / "server.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "example_app",
+            "run",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex((host, port)) == 0:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            log.close()
+            pytest.fail(f"server did not start: {log_path.read_text()}")
+        time.sleep(0.1)
+    try:
+        yield Server(host, port, state_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server_v4(
+    tailnet_addresses: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from _serve(SERVER_V4, tmp_path_factory.mktemp("v4") / "state")
+
+
+@pytest.fixture(scope="module")
+def server_v6(
+    tailnet_addresses: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    yield from _serve(SERVER_V6, tmp_path_factory.mktemp("v6") / "state")
+
+
+def test_tailnet_peer_needs_the_token(server_v4: Server) -> None:
+    status, body = server_v4.request(CLIENT_V4)
+    assert status == 401
+    token = server_v4.cli("token")
+    status, body = server_v4.request(CLIENT_V4, headers={"Authorization": f"Bearer {token}"})
+    assert (status, body) == (200, {"address": CLIENT_V4, "method": "token", "local": False})
+
+
+def test_loopback_peer_needs_nothing(server_v4: Server) -> None:
+    status, body = server_v4.request("127.0.0.1")
+    assert (status, body) == (200, {"address": "127.0.0.1", "method": "loopback", "local": True})
+
+
+def test_spoofed_forwarded_for_gets_no_bypass(server_v4: Server) -> None:
+    for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
+        value = "for=127.0.0.1" if header == "Forwarded" else "127.0.0.1"
+        status, _ = server_v4.request(CLIENT_V4, headers={header: value})
+        assert status == 401, header
+
+
+def test_proxy_headers_on_loopback_are_not_local(server_v4: Server) -> None:
+    status, _ = server_v4.request("127.0.0.1", headers={"X-Forwarded-For": CLIENT_V4})
+    assert status == 401
+
+
+def test_rebinding_host_refused_even_on_loopback(server_v4: Server) -> None:
+    status, _ = server_v4.request("127.0.0.1", host_header=f"evil.example:{server_v4.port}")
+    assert status == 403
+
+
+def test_exempt_health_check(server_v4: Server) -> None:
+    assert server_v4.request(CLIENT_V4, "/healthz") == (200, "ok")
+
+
+def test_rotation_reaches_the_running_server(server_v4: Server) -> None:
+    old = server_v4.cli("token")
+    assert server_v4.request(CLIENT_V4, headers={"Authorization": f"Bearer {old}"})[0] == 200
+    new = server_v4.cli("token", "--rotate")
+    assert server_v4.request(CLIENT_V4, headers={"Authorization": f"Bearer {old}"})[0] == 401
+    assert server_v4.request(CLIENT_V4, headers={"Authorization": f"Bearer {new}"})[0] == 200
+
+
+def test_ipv6_tailnet_peer(server_v6: Server) -> None:
+    assert server_v6.request(CLIENT_V6)[0] == 401
+    token = server_v6.cli("token")
+    status, body = server_v6.request(CLIENT_V6, headers={"Authorization": f"Bearer {token}"})
+    assert (status, body) == (200, {"address": CLIENT_V6, "method": "token", "local": False})
+    status, body = server_v6.request("::1")
+    assert (status, body) == (200, {"address": "::1", "method": "loopback", "local": True})
