@@ -50,7 +50,10 @@ def _directory_problem(directory: Path) -> str | None:
     try:
         st = os.lstat(directory)
     except OSError as exc:
-        return f"state directory {directory} cannot be read ({exc.strerror})"
+        return (
+            f"state directory {directory} cannot be used ({exc.strerror}); "
+            "set TAILNET_STATE_DIR to a directory this user can create"
+        )
     if stat.S_ISLNK(st.st_mode):
         return (
             f"state directory {directory} is a symbolic link; "
@@ -127,9 +130,17 @@ class SecretFile:
         the file or its directory is untrusted or the file is empty."""
         for _ in range(3):
             try:
-                return self._load(os.lstat(self._path))
+                st = os.lstat(self._path)
             except FileNotFoundError:
                 self._publish(replace=False)
+                continue
+            except OSError as exc:
+                problem = _directory_problem(self.directory)
+                raise UnsafeSecretFile(
+                    problem or f"{self._path} cannot be read ({exc.strerror})"
+                ) from None
+            try:
+                return self._load(st)
             except _Changed:
                 continue
         raise UnsafeSecretFile(f"{self._path} keeps changing while it is read; try again")

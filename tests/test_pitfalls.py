@@ -14,8 +14,6 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from flask_tailnet import credentials
-
 from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
 
 
@@ -152,7 +150,9 @@ def test_9_token_reaches_no_log_and_no_response(
 
 # 10. Fail-open defaults: a missing address is not loopback; an empty secret never matches.
 def test_10_missing_remote_addr_is_not_loopback(app: Flask) -> None:
-    environ = EnvironBuilder(path="/", headers={"Host": "localhost"}).get_environ()
+    environ: dict[str, Any] = dict(
+        EnvironBuilder(path="/", environ_overrides={"HTTP_HOST": "localhost"}).get_environ()
+    )
     environ.pop("REMOTE_ADDR", None)
     status = run_wsgi_app(app.wsgi_app, environ)[1]
     assert status.startswith("403")
@@ -179,7 +179,7 @@ def test_12_tokens_compared_with_compare_digest_on_bytes(
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(credentials.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     assert remote(client, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert seen
     assert all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in seen)

@@ -16,7 +16,7 @@ from flask import Flask
 from flask_tailnet.cli import tailnet
 from flask_tailnet.secretfile import SecretFile, UnsafeSecretFile
 
-from .conftest import TAILNET_HOST, TAILNET_PEER, call
+from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
 
 
 def remote(client: Any, token: str) -> int:
@@ -271,3 +271,42 @@ def test_processes_racing_to_create_agree_on_one_token(tmp_path: Path, round_: i
     assert token != "NONE"
     assert (state / "token").read_text().strip() == token
     assert sorted(p.name for p in state.iterdir()) == ["token"]
+
+
+def test_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "state"
+    not_a_dir.write_text("")
+    with pytest.raises(UnsafeSecretFile, match="not a directory"):
+        SecretFile(not_a_dir, "token").ensure()
+
+
+def test_oversized_file_is_refused(state_dir: Path) -> None:
+    secret = SecretFile(state_dir, "token")
+    secret.ensure()
+    secret.path.write_bytes(b"x" * (64 * 1024 + 1))
+    assert secret.read() is None
+    with pytest.raises(UnsafeSecretFile, match="larger than"):
+        secret.ensure()
+
+
+def test_unusable_state_dir_is_logged_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    with caplog.at_level(logging.ERROR, "flask_tailnet"):
+        make_app(state)
+    assert f"chmod 700 {state}" in caplog.text
+
+
+def test_uncreatable_token_fails_closed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    app = make_app(blocker / "state")  # the parent is a file: nothing can be created
+    with caplog.at_level(logging.ERROR, "flask_tailnet"):
+        assert remote(app.test_client(), "anything") == 401
+    assert str(blocker / "state" / "token") in caplog.text
+    result = app.test_cli_runner().invoke(tailnet, ["token"])
+    assert result.exit_code != 0
+    assert "TAILNET_STATE_DIR" in result.output
