@@ -13,6 +13,7 @@ venv=.venv-test
 if [ "$(id -u)" = 0 ]; then
     missing=()
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    "$python" -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "run.sh: installing ${missing[*]}"
         apt-get update -qq
