@@ -22,6 +22,10 @@ TAILNET_V4 = _net("100.64.0.0/10")
 #: Inside TAILNET_V4 but used by ChromeOS VMs; Tailscale itself does not count it as a tailnet IP.
 CHROMEOS_V4 = _net("100.115.92.0/23")
 TAILNET_V6 = _net("fd7a:115c:a1e0::/48")
+#: The in-node service address (MagicDNS resolver): inside the ranges, but never a peer.
+TAILSCALE_SERVICE: frozenset[IPAddress] = frozenset(
+    {ipaddress.ip_address("100.100.100.100"), ipaddress.ip_address("fd7a:115c:a1e0::53")}
+)
 LOCAL_EXTRA: tuple[Network, ...] = (
     _net("10.0.0.0/8"),
     _net("172.16.0.0/12"),
@@ -87,21 +91,22 @@ class Policy:
             return False
         if ip.is_loopback:
             return True
-        if not self._in_policy(ip):
+        if not self.contains(ip):
             return False
         return not self.allowlist or in_networks(ip, self.allowlist)
 
-    def _in_policy(self, ip: IPAddress) -> bool:
-        if self.name == "any":
-            return True
-        if is_tailnet(ip):
+    def contains(self, ip: IPAddress | None) -> bool:
+        """True if ``ip`` is inside the named policy, loopback included, allowlist ignored."""
+        if ip is None:
+            return False
+        if self.name == "any" or ip.is_loopback or is_tailnet(ip):
             return True
         return self.name == "local" and in_networks(ip, LOCAL_EXTRA)
 
 
 def is_tailnet(ip: IPAddress | None) -> bool:
-    """True for Tailscale's address ranges, without the ChromeOS block."""
-    if ip is None:
+    """True for Tailscale's address ranges, without the ChromeOS block and the service address."""
+    if ip is None or ip in TAILSCALE_SERVICE:
         return False
     if ip.version == 4:
         return ip in TAILNET_V4 and ip not in CHROMEOS_V4

@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from .peer import Peer
+from .peer import Peer, logged_in
 from .secretfile import SecretFile
 
 
@@ -47,9 +47,12 @@ def bearer_credential(environ: Mapping[str, Any]) -> bytes | None:
     header = environ.get("HTTP_AUTHORIZATION")
     if not isinstance(header, str):
         return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
+    if header.startswith("Bearer "):  # the usual spelling, without the general parse
+        value = header[7:]
+    else:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
     try:
         return value.strip().encode("latin-1")
     except UnicodeEncodeError:
@@ -79,5 +82,5 @@ class BearerToken:
         if presented is None:
             return None
         if secret_matches(presented, self.token_file.read(create=True)):
-            return Peer(peer.address, "token", None, False, peer.via_proxy)
+            return logged_in(peer, "token")
         return DENY

@@ -20,7 +20,7 @@ from werkzeug.local import LocalProxy
 
 from . import settings as settings_module
 from .addresses import Policy
-from .credentials import BearerToken, Step, authenticate
+from .credentials import DENY, BearerToken, Step
 from .gate import Gate, Outcome
 from .peer import NOBODY, Peer
 from .secretfile import SecretFile, UnsafeSecretFile, ensure_private_dir
@@ -123,8 +123,8 @@ class TailnetGuard:
 
     @staticmethod
     def exempt(view: F) -> F:
-        """Serve ``view`` without a credential. The Host check, the network policy, the allowlist
-        and the cross-site refusal still apply."""
+        """Serve ``view`` without a credential. The Host check, the network policy, the allowlist,
+        the proxy rules and the cross-site refusal of the loopback bypass still apply."""
         setattr(view, _EXEMPT_ATTR, True)
         return view
 
@@ -144,11 +144,21 @@ class GuardMiddleware:
             verdict = self._admit(environ)
             outcome = verdict.outcome
             if outcome is Outcome.SERVE:
-                peer: Peer | None = verdict.peer
+                peer = verdict.peer
             elif outcome is Outcome.AUTHENTICATE:
-                peer = authenticate(self._steps, environ, verdict.peer)
-                if peer is None:
-                    return self._unauthenticated(environ, start_response, verdict.peer)
+                peer = verdict.peer
+                for step in self._steps:
+                    result = step(environ, peer)
+                    if result is not None:
+                        break
+                else:
+                    result = DENY
+                if result is DENY:
+                    error = self._unauthenticated(environ, peer)
+                    if error is not None:
+                        return self._refuse(environ, start_response, error)
+                else:
+                    peer = result
             else:
                 environ[PEER_KEY] = verdict.peer
                 return self._refuse(environ, start_response, Forbidden())
@@ -158,16 +168,14 @@ class GuardMiddleware:
         environ[PEER_KEY] = peer
         return self.wsgi_app(environ, start_response)
 
-    def _unauthenticated(
-        self, environ: WSGIEnvironment, start_response: StartResponse, anonymous: Peer
-    ) -> Iterable[bytes]:
+    def _unauthenticated(self, environ: WSGIEnvironment, anonymous: Peer) -> Unauthorized | None:
+        """The 401 to answer, or ``None`` when the view is exempt and may serve ``anonymous``."""
         environ[PEER_KEY] = anonymous
         with self.app.request_context(environ):
             view = self.app.view_functions.get(request.endpoint or "")
-            exempt = getattr(view, _EXEMPT_ATTR, False) is True
-        if exempt:
-            return self.wsgi_app(environ, start_response)
-        return self._refuse(environ, start_response, Unauthorized(self.state.settings.realm))
+        if getattr(view, _EXEMPT_ATTR, False) is True:
+            return None
+        return Unauthorized(self.state.settings.realm)
 
     def _refuse(
         self,
@@ -175,15 +183,19 @@ class GuardMiddleware:
         start_response: StartResponse,
         error: exceptions.HTTPException,
     ) -> Iterable[bytes]:
-        """Answer with ``error`` through the app's error handlers; the app's views and
-        before-request hooks never run."""
+        """Answer with ``error`` through the app's error handlers for its status; the app's views
+        and before-request hooks never run. If that fails, the bare ``error`` is the answer."""
         app = self.app
-        with app.request_context(environ):
-            try:
-                rv = app.handle_user_exception(error)
-            except Exception as exc:  # an error handler that failed
-                rv = app.handle_exception(exc)
-            response = app.finalize_request(rv, from_error_handler=True)
+        try:
+            with app.request_context(environ):
+                try:
+                    rv = app.handle_http_exception(error)
+                except Exception as exc:  # an error handler that failed
+                    rv = app.handle_exception(exc)
+                response = app.finalize_request(rv, from_error_handler=True)
+        except Exception:
+            log.exception("flask-tailnet: the app's error handling failed; answering plainly")
+            return error(environ, start_response)
         return response(environ, start_response)
 
 

@@ -4,6 +4,9 @@
 check, takes the peer from the socket (never from a header), resolves proxy headers, applies the
 network policy and the loopback bypass with its cross-site exception. What it cannot settle it
 leaves to the credential cascade (:mod:`flask_tailnet.credentials`).
+
+Everything that depends only on the socket address and the Host header is decided once per
+distinct pair and cached, so the common request costs one dictionary lookup and a few key tests.
 """
 
 from __future__ import annotations
@@ -46,14 +49,13 @@ REFUSED = Verdict(Outcome.REFUSE, _UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
-class _SocketPeer:
-    """What the gate knows about one socket address; cached per REMOTE_ADDR value."""
+class _Route:
+    """The decision for one (socket address, Host) pair, as far as it depends on nothing else."""
 
-    ip: IPAddress | None
-    admitted: bool
-    trusted_proxy: bool
-    verdict: Verdict
-    proxied: Verdict
+    verdict: Verdict  # for a request without proxy headers
+    proxied: Verdict  # for a request with proxy headers, from a peer that is not a trusted proxy
+    trusted_proxy: bool  # the Host is fine and the socket peer is a trusted proxy
+    bypass: bool  # the loopback bypass serves it, unless it is cross-site
 
 
 class Gate:
@@ -68,35 +70,41 @@ class Gate:
         local_bypass: bool = True,
     ) -> None:
         self.policy = policy
-        self.host_ok = HostCheck(allowed_hosts, policy.admits)
+        self.host_ok = HostCheck(allowed_hosts, policy.contains)
         self.trusted_proxies = trusted_proxies
         self.local_bypass = local_bypass
-        self._peers: dict[object, _SocketPeer] = {}
+        self._routes: dict[tuple[object, object], _Route] = {}
         self._warned_untrusted_proxy = False
 
     def admit(self, environ: Mapping[str, Any]) -> Verdict:
         """Decide a request. Refused: a Host that does not name this app; a socket peer (or, via a
-        trusted proxy, a forwarded client) outside the policy; a Funnel request unless the policy
-        is ``"any"``; a cross-site unsafe request or WebSocket upgrade to a loopback peer."""
+        trusted proxy, a forwarded client) outside the policy; any request marked as Funnel traffic
+        unless the policy is ``"any"``; a cross-site unsafe request or WebSocket upgrade to the
+        loopback bypass."""
         orig = environ.get(PROXY_FIX_ORIG)
         source = environ if orig is None else orig
-        host = source.get("HTTP_HOST")
-        if not self.host_ok(host):
-            return REFUSED
-        peer = self._socket_peer(source.get("REMOTE_ADDR"))
-        if not PROXY_HEADER_KEYS.isdisjoint(environ.keys()):
-            return self._proxied(environ, peer)
-        verdict = peer.verdict
+        key = (source.get("REMOTE_ADDR"), source.get("HTTP_HOST"))
+        try:
+            route = self._routes[key]
+        except (KeyError, TypeError):
+            route = self._route(key)
+        if not environ.keys().isdisjoint(PROXY_HEADER_KEYS):
+            return self._proxied(environ, route)
         if (
-            verdict.outcome is Outcome.SERVE
+            route.bypass
             and (environ.get("REQUEST_METHOD") not in _SAFE_METHODS or "HTTP_UPGRADE" in environ)
-            and _cross_site(environ, host)
+            and _cross_site(environ, key[1])
         ):
             return REFUSED
-        return verdict
+        return route.verdict
 
-    def _proxied(self, environ: Mapping[str, Any], peer: _SocketPeer) -> Verdict:
-        if not peer.trusted_proxy:
+    def _proxied(self, environ: Mapping[str, Any], route: _Route) -> Verdict:
+        """A request that carries proxy headers: never local, and Funnel traffic is public."""
+        if route.verdict is REFUSED and not route.trusted_proxy:
+            return REFUSED
+        if FUNNEL_KEY in environ and self.policy.name != "any":
+            return REFUSED
+        if not route.trusted_proxy:
             if not self._warned_untrusted_proxy:
                 self._warned_untrusted_proxy = True
                 log.warning(
@@ -104,27 +112,24 @@ class Gate:
                     "not in TAILNET_TRUSTED_PROXIES: the headers are ignored and the request must "
                     "authenticate. If a proxy such as `tailscale serve` or nginx runs on this "
                     "host, list its address in TAILNET_TRUSTED_PROXIES.",
-                    peer.ip,
+                    route.proxied.peer.address,
                 )
-            return peer.proxied
+            return route.proxied
         client = forwarded_client(environ.get("HTTP_X_FORWARDED_FOR"), self.trusted_proxies)
-        if FUNNEL_KEY in environ and self.policy.name != "any":
-            return REFUSED
         if not self.policy.admits(client):
             return REFUSED
         return Verdict(Outcome.AUTHENTICATE, Peer(str(client), "none", via_proxy=True))
 
-    def _socket_peer(self, remote_addr: object) -> _SocketPeer:
-        try:
-            return self._peers[remote_addr]
-        except (KeyError, TypeError):
-            pass
-        ip = parse_ip(remote_addr)
-        admitted = self.policy.admits(ip)
+    def _route(self, key: tuple[object, object]) -> _Route:
+        remote_addr, host = key
+        ip: IPAddress | None = parse_ip(remote_addr)
         address = None if ip is None else str(ip)
+        host_ok = self.host_ok(host)
+        admitted = host_ok and self.policy.admits(ip)
+        bypass = admitted and ip is not None and ip.is_loopback and self.local_bypass
         if not admitted:
             verdict = REFUSED
-        elif ip is not None and ip.is_loopback and self.local_bypass:
+        elif bypass:
             verdict = Verdict(Outcome.SERVE, Peer(address, "loopback", local=True))
         else:
             verdict = Verdict(Outcome.AUTHENTICATE, Peer(address, "none"))
@@ -133,24 +138,23 @@ class Gate:
             if admitted
             else REFUSED
         )
-        result = _SocketPeer(
-            ip=ip,
-            admitted=admitted,
-            trusted_proxy=in_networks(ip, self.trusted_proxies),
+        route = _Route(
             verdict=verdict,
             proxied=proxied,
+            trusted_proxy=host_ok and in_networks(ip, self.trusted_proxies),
+            bypass=bypass,
         )
-        if isinstance(remote_addr, str):
-            if len(self._peers) >= _CACHE_LIMIT:
-                self._peers.clear()
-            self._peers[remote_addr] = result
-        return result
+        if isinstance(remote_addr, str | None) and isinstance(host, str | None):
+            if len(self._routes) >= _CACHE_LIMIT:
+                self._routes.clear()
+            self._routes[key] = route
+        return route
 
 
 def _cross_site(environ: Mapping[str, Any], host: object) -> bool:
     """True if a browser sent this request from another site: ``Sec-Fetch-Site: cross-site``, or
     an ``Origin`` (``null`` included) that is not this request's scheme and Host."""
-    if environ.get("HTTP_SEC_FETCH_SITE", "").lower() == "cross-site":
+    if str(environ.get("HTTP_SEC_FETCH_SITE", "")).lower() == "cross-site":
         return True
     origin = environ.get("HTTP_ORIGIN")
     if origin is None:

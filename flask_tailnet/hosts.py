@@ -7,6 +7,7 @@ same-origin; the browser still sends that page's name in ``Host``. So ``Host`` m
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
 _PORT = re.compile(r"[0-9]{1,5}")
 _CACHE_LIMIT = 1024
+#: How many distinct refused Host values are logged per check, so a flood cannot fill the log.
+_LOG_LIMIT = 20
+
+log = logging.getLogger("flask_tailnet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,7 @@ class HostCheck:
 
     Accepted: ``localhost`` (any case, any port), loopback IP literals, IP literals that
     ``admits_ip`` accepts, and names matching ``rules``. Everything else, and every malformed or
-    missing value, is refused.
+    missing value, is refused; the first refusals of distinct values are logged with a hint.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class HostCheck:
         self._rules = rules
         self._admits_ip = admits_ip
         self._cache: dict[object, bool] = {}
+        self._logged = 0
 
     def __call__(self, value: object) -> bool:
         try:
@@ -96,6 +102,14 @@ class HostCheck:
         except (KeyError, TypeError):
             pass
         verdict = self._decide(value)
+        if not verdict and self._logged < _LOG_LIMIT:
+            self._logged += 1
+            log.warning(
+                "flask-tailnet: refused a request for Host %.100r: not localhost, not an IP inside "
+                "TAILNET_NETWORK, not in TAILNET_ALLOWED_HOSTS. If that is this app's name "
+                "(a MagicDNS name, say), add it to TAILNET_ALLOWED_HOSTS.",
+                value,
+            )
         if isinstance(value, str):
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

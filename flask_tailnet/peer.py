@@ -14,8 +14,9 @@ class Peer:
     """The client of one request.
 
     ``address`` is the client's IP in canonical form (IPv4-mapped IPv6 shown as IPv4), or ``None``
-    when it is unknown. ``local`` is true only for a loopback socket peer that came through no
-    proxy. ``via_proxy`` is true when the request carried proxy headers.
+    when it is unknown. ``local`` is true only when the loopback bypass served the request: a
+    loopback socket peer, no proxy header, ``TAILNET_LOCAL_BYPASS`` on. ``via_proxy`` is true when
+    the request carried proxy headers.
     """
 
     address: str | None
@@ -32,3 +33,21 @@ class Peer:
 
 #: The peer of a request the guard did not see (an app without the extension).
 NOBODY = Peer(address=None, method="none")
+
+_LOGGED_IN: dict[tuple[str | None, bool, Method, str | None], Peer] = {}
+_LOGGED_IN_LIMIT = 4096
+
+
+def logged_in(anonymous: Peer, method: Method, user: str | None = None) -> Peer:
+    """``anonymous`` after authenticating with ``method`` as ``user``.
+
+    Peers are immutable values, so equal ones are shared from a bounded cache: building a frozen
+    dataclass costs more than the rest of a token check.
+    """
+    key = (anonymous.address, anonymous.via_proxy, method, user)
+    peer = _LOGGED_IN.get(key)
+    if peer is None:
+        if len(_LOGGED_IN) >= _LOGGED_IN_LIMIT:
+            _LOGGED_IN.clear()
+        peer = _LOGGED_IN[key] = Peer(anonymous.address, method, user, False, anonymous.via_proxy)
+    return peer

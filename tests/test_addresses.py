@@ -76,8 +76,11 @@ def test_ipv4_mapped_is_judged_as_ipv4() -> None:
     assert parse_ip("::ffff:100.64.0.9") == ipaddress.IPv4Address("100.64.0.9")
 
 
-def test_magicdns_service_address_is_in_range() -> None:
-    assert is_tailnet(parse_ip("100.100.100.100"))
+@pytest.mark.parametrize("address", ["100.100.100.100", "fd7a:115c:a1e0::53"])
+def test_magicdns_service_address_is_not_a_peer(address: str) -> None:
+    assert not is_tailnet(parse_ip(address))
+    assert not Policy("tailnet").admits(parse_ip(address))
+    assert Policy("any").admits(parse_ip(address))
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,6 @@ PROXY_HEADERS = [
     {"TAILSCALE_USER_LOGIN": "alice@example.com"},
     {"TAILSCALE_USER_NAME": "Alice"},
     {"TAILSCALE_USER_PROFILE_PIC": "https://example.com/a.jpg"},
-    {"TAILSCALE_FUNNEL_REQUEST": "?1"},
     {"TAILSCALE_HEADERS_INFO": "https://tailscale.com/s/serve-headers"},
     {"TAILSCALE_APP_CAPABILITIES": "{}"},
 ]
@@ -191,6 +190,13 @@ def test_trusted_proxy_table(env: dict[str, Any], outcome: Outcome, address: str
         assert verdict.peer.via_proxy is True
 
 
+@pytest.mark.parametrize("trusted", [SERVE_PROXY, ()], ids=["trusted-proxy", "untrusted-peer"])
+@pytest.mark.parametrize("peer", ["127.0.0.1", "100.64.0.7"])
+def test_funnel_marked_request_is_refused_from_anyone(peer: str, trusted: tuple[Any, ...]) -> None:
+    env = environ(peer, X_FORWARDED_FOR="100.64.0.9", TAILSCALE_FUNNEL_REQUEST="?1")
+    assert gate(trusted_proxies=trusted).admit(env).outcome is REFUSE
+
+
 def test_funnel_under_any_policy_must_authenticate() -> None:
     env = environ(X_FORWARDED_FOR="8.8.8.8", TAILSCALE_FUNNEL_REQUEST="?1")
     verdict = gate(network="any", trusted_proxies=SERVE_PROXY).admit(env)
@@ -287,4 +293,4 @@ def test_peer_cache_is_bounded() -> None:
     g = gate(network="any")
     for n in range(10_000):
         g.admit(environ(f"8.8.{n // 256 % 256}.{n % 256}"))
-    assert len(g._peers) <= 4096
+    assert len(g._routes) <= 4096

@@ -274,3 +274,54 @@ def test_token_never_logged_or_echoed(
         assert token not in response.get_data(as_text=True)
         assert token not in str(response.headers)
     assert token not in caplog.text
+
+
+def test_allowlist_narrows_peers_not_the_host_check(app_factory: Callable[..., Flask]) -> None:
+    app = app_factory(allowlist=[TAILNET_PEER])
+    token = app.extensions["tailnet"].token_file.ensure().decode()
+    response = remote(app.test_client(), auth=f"Bearer {token}")  # Host: the server's own IP
+    assert response.status_code == 200
+    other = call(app.test_client(), peer="100.64.0.8", host=TAILNET_HOST)
+    assert other.status_code == 403
+
+
+def test_errors_in_an_exempt_view_are_the_apps_not_the_guards(app: Flask) -> None:
+    guard = TailnetGuard()
+
+    @app.get("/broken")
+    @guard.exempt
+    def broken() -> str:
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        remote(app.test_client(), "/broken")
+    app.testing = False
+    assert remote(app.test_client(), "/broken").status_code == 500
+
+
+def test_trapped_http_exceptions_still_refuse_with_the_right_status(app: Flask) -> None:
+    app.config["TRAP_HTTP_EXCEPTIONS"] = True
+    assert remote(app.test_client()).status_code == 401
+    assert call(app.test_client(), peer="8.8.8.8").status_code == 403
+
+
+def test_failing_error_handler_still_refuses(app: Flask) -> None:
+    @app.errorhandler(403)
+    def broken(error: Exception) -> str:
+        raise RuntimeError("handler bug")
+
+    app.testing = False
+    response = call(app.test_client(), peer="8.8.8.8")
+    assert response.status_code in (403, 500)
+    assert response.status_code != 200
+
+
+def test_refused_hosts_are_logged_with_the_fix_and_capped(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "flask_tailnet"):
+        for n in range(50):
+            call(client, host=f"name{n}.example")
+    refused = [r for r in caplog.records if "TAILNET_ALLOWED_HOSTS" in r.getMessage()]
+    assert 1 <= len(refused) <= 20
+    assert "name0.example" in refused[0].getMessage()
