@@ -76,11 +76,14 @@ class BearerToken:
 
     def __init__(self, token_file: SecretFile) -> None:
         self.token_file = token_file
+        self._read = token_file.read
 
     def __call__(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+        if "HTTP_AUTHORIZATION" not in environ:
+            return None
         presented = bearer_credential(environ)
         if presented is None:
             return None
-        if secret_matches(presented, self.token_file.read(create=True)):
+        if secret_matches(presented, self._read(create=True)):
             return logged_in(peer, "token")
         return DENY

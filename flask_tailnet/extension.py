@@ -119,7 +119,7 @@ class TailnetGuard:
             except UnsafeSecretFile as exc:
                 log.error("flask-tailnet: %s; token authentication is refused until fixed", exc)
         app.extensions[EXTENSION_KEY] = state
-        app.wsgi_app = GuardMiddleware(app, app.wsgi_app, state)  # type: ignore[method-assign]
+        app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
 
     @staticmethod
     def exempt(view: F) -> F:
@@ -129,55 +129,24 @@ class TailnetGuard:
         return view
 
 
-class GuardMiddleware:
-    """The WSGI wrapper that applies one app's guard before Flask sees the request."""
+class Refusals:
+    """The slow paths of the guard: exempt views and refusals through the app's error handlers."""
 
-    def __init__(self, app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> None:
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication, realm: str) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
-        self.state = state
-        self._admit = state.gate.admit
-        self._steps = state.steps
+        self.realm = realm
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        try:
-            verdict = self._admit(environ)
-            outcome = verdict.outcome
-            if outcome is Outcome.SERVE:
-                peer = verdict.peer
-            elif outcome is Outcome.AUTHENTICATE:
-                peer = verdict.peer
-                for step in self._steps:
-                    result = step(environ, peer)
-                    if result is not None:
-                        break
-                else:
-                    result = DENY
-                if result is DENY:
-                    error = self._unauthenticated(environ, peer)
-                    if error is not None:
-                        return self._refuse(environ, start_response, error)
-                else:
-                    peer = result
-            else:
-                environ[PEER_KEY] = verdict.peer
-                return self._refuse(environ, start_response, Forbidden())
-        except Exception:
-            log.exception("flask-tailnet: internal error while deciding a request; refused")
-            return Forbidden()(environ, start_response)
-        environ[PEER_KEY] = peer
-        return self.wsgi_app(environ, start_response)
-
-    def _unauthenticated(self, environ: WSGIEnvironment, anonymous: Peer) -> Unauthorized | None:
-        """The 401 to answer, or ``None`` when the view is exempt and may serve ``anonymous``."""
-        environ[PEER_KEY] = anonymous
+    def unauthenticated(self, environ: WSGIEnvironment) -> Unauthorized | None:
+        """The 401 for a request without a valid credential, or ``None`` when its view is exempt
+        (the app then serves it to the anonymous peer)."""
         with self.app.request_context(environ):
             view = self.app.view_functions.get(request.endpoint or "")
         if getattr(view, _EXEMPT_ATTR, False) is True:
             return None
-        return Unauthorized(self.state.settings.realm)
+        return Unauthorized(self.realm)
 
-    def _refuse(
+    def refuse(
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
@@ -197,6 +166,49 @@ class GuardMiddleware:
             log.exception("flask-tailnet: the app's error handling failed; answering plainly")
             return error(environ, start_response)
         return response(environ, start_response)
+
+
+def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> WSGIApplication:
+    """The WSGI callable that applies ``state`` to every request before ``wsgi_app`` sees it.
+
+    A closure rather than an object with ``__call__``, and with every name it uses bound
+    locally, because it runs on every request (see benchmarks/).
+    """
+    admit = state.gate.admit
+    steps = state.steps
+    slow = Refusals(app, wsgi_app, state.settings.realm)
+    serve, authenticate, deny, peer_key = Outcome.SERVE, Outcome.AUTHENTICATE, DENY, PEER_KEY
+
+    def guard(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            verdict = admit(environ)
+            outcome = verdict.outcome
+            peer = verdict.peer
+            if outcome is not serve:
+                environ[peer_key] = peer
+                if outcome is not authenticate:
+                    return slow.refuse(environ, start_response, Forbidden())
+                for step in steps:
+                    result = step(environ, peer)
+                    if result is not None:
+                        break
+                else:
+                    result = deny
+                if result is deny:
+                    error = slow.unauthenticated(environ)
+                    if error is not None:
+                        return slow.refuse(environ, start_response, error)
+                else:
+                    peer = result
+        except Exception:
+            log.exception("flask-tailnet: internal error while deciding a request; refused")
+            return Forbidden()(environ, start_response)
+        environ[peer_key] = peer
+        return wsgi_app(environ, start_response)
+
+    guard.tailnet_state = state  # type: ignore[attr-defined]
+    guard.wrapped = wsgi_app  # type: ignore[attr-defined]
+    return guard
 
 
 def _setting_key(name: str) -> str:

@@ -22,7 +22,7 @@ log = logging.getLogger("flask_tailnet")
 _MAX_SIZE = 64 * 1024
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_StatKey = tuple[int, int, int, int, int]
+_StatKey = tuple[int, int, int, int]
 
 
 class UnsafeSecretFile(Exception):
@@ -78,7 +78,7 @@ class SecretFile:
     """One secret file in a private directory.
 
     :meth:`read` costs one ``lstat`` when nothing changed; the file is re-read and re-checked only
-    when its (inode, device, mtime, ctime, size) changed, so a replacement by rename, an edit, or a
+    when its (inode, mtime, ctime, size) changed, so a replacement by rename, an edit, or a
     ``chmod`` takes effect on the next call in every process.
     """
 
@@ -94,6 +94,21 @@ class SecretFile:
     def read(self, *, create: bool = False) -> bytes | None:
         """The secret, stripped of surrounding whitespace; ``None`` when the file is missing (and
         ``create`` is false or creation failed), untrusted, unreadable or empty. Never raises."""
+        try:
+            st = os.lstat(self._path)
+        except OSError:
+            return self._reload(create)
+        cached = self._cached
+        if cached is not None and cached[0] == (
+            st.st_ino,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_size,
+        ):
+            return cached[1]
+        return self._reload(create)
+
+    def _reload(self, create: bool) -> bytes | None:
         for _ in range(3):
             try:
                 st = os.lstat(self._path)
@@ -110,10 +125,6 @@ class SecretFile:
             except OSError as exc:
                 log.error("flask-tailnet: cannot stat %s: %s", self._path, exc.strerror)
                 return None
-            key = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-            cached = self._cached
-            if cached is not None and cached[0] == key:
-                return cached[1]
             try:
                 value = self._load(st)
             except UnsafeSecretFile as exc:
@@ -121,7 +132,7 @@ class SecretFile:
                 value = None
             except _Changed:
                 continue
-            self._cached = (key, value)
+            self._cached = ((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size), value)
             return value
         return None
 

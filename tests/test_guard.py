@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 
 from flask_tailnet import ConfigurationError, TailnetGuard, current_peer
-from flask_tailnet.extension import GuardMiddleware
+from flask_tailnet.gate import Gate
 from flask_tailnet.peer import NOBODY
 
 from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
@@ -171,14 +171,14 @@ def test_refused_requests_never_reach_app_hooks(app: Flask) -> None:
     assert seen == ["before"]
 
 
-def test_internal_error_fails_closed(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(environ: Any) -> Any:
+def test_internal_error_fails_closed(
+    app_factory: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Gate, environ: Any) -> Any:
         raise RuntimeError("boom")
 
-    middleware = app.wsgi_app
-    assert isinstance(middleware, GuardMiddleware)
-    monkeypatch.setattr(middleware, "_admit", broken)
-    assert call(app.test_client()).status_code == 403
+    monkeypatch.setattr(Gate, "admit", broken)
+    assert call(app_factory().test_client()).status_code == 403
 
 
 def test_init_app_is_idempotent(app: Flask) -> None:
@@ -186,7 +186,7 @@ def test_init_app_is_idempotent(app: Flask) -> None:
     TailnetGuard(app)
     TailnetGuard().init_app(app)
     assert app.wsgi_app is middleware
-    assert not isinstance(middleware.wsgi_app, GuardMiddleware)  # type: ignore[attr-defined]
+    assert not hasattr(middleware.wrapped, "tailnet_state")  # type: ignore[attr-defined]
 
 
 def test_two_apps_stay_independent(tmp_path: Path) -> None:
