@@ -40,11 +40,10 @@ def authenticate(steps: Sequence[Step], environ: Mapping[str, Any], peer: Peer) 
     return None
 
 
-def bearer_credential(environ: Mapping[str, Any]) -> bytes | None:
-    """The credential of an ``Authorization: Bearer <credential>`` header (scheme name in any case,
-    surrounding whitespace ignored), as bytes; ``b""`` for a bearer header with an empty or
-    unencodable credential; ``None`` when there is no bearer header at all."""
-    header = environ.get("HTTP_AUTHORIZATION")
+def bearer_credential(header: object) -> bytes | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header value (scheme name in
+    any case, surrounding whitespace ignored), as bytes; ``b""`` for a bearer header with an empty
+    or unencodable credential; ``None`` when the header is absent or of another scheme."""
     if not isinstance(header, str):
         return None
     if header.startswith("Bearer "):  # the usual spelling, without the general parse
@@ -71,17 +70,15 @@ class BearerToken:
 
     Passes when there is no bearer header. Denies an empty, wrong or non-ASCII token, and every
     token while the token file is missing-and-uncreatable, untrusted or empty. The token file is
-    created on first need.
+    created on first need. The step is the bound method :meth:`check`.
     """
 
     def __init__(self, token_file: SecretFile) -> None:
         self.token_file = token_file
         self._read = token_file.read
 
-    def __call__(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
-        if "HTTP_AUTHORIZATION" not in environ:
-            return None
-        presented = bearer_credential(environ)
+    def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+        presented = bearer_credential(environ.get("HTTP_AUTHORIZATION"))
         if presented is None:
             return None
         if secret_matches(presented, self._read(create=True)):

@@ -111,7 +111,7 @@ class TailnetGuard:
                 local_bypass=conf.local_bypass,
             ),
             token_file=token_file,
-            steps=(BearerToken(token_file),),
+            steps=(BearerToken(token_file).check,),
         )
         if conf.state_dir.exists():
             try:

@@ -88,7 +88,7 @@ class Gate:
             route = self._routes[key]
         except (KeyError, TypeError):
             route = self._route(key)
-        if not environ.keys().isdisjoint(PROXY_HEADER_KEYS):
+        if not PROXY_HEADER_KEYS.isdisjoint(environ):  # the fastest of the spellings measured
             return self._proxied(environ, route)
         if (
             route.bypass

@@ -8,9 +8,6 @@ is never local.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from .addresses import IPAddress, Network, in_networks, parse_ip
 
 #: WSGI keys of the headers that mean "a proxy handled this request": the standard forwarding
@@ -36,11 +33,6 @@ PROXY_HEADER_KEYS = frozenset(
 )
 FUNNEL_KEY = "HTTP_TAILSCALE_FUNNEL_REQUEST"
 _MAX_HOPS = 32
-
-
-def has_proxy_headers(environ: Mapping[str, Any]) -> bool:
-    """True if any header in :data:`PROXY_HEADER_KEYS` is present, even empty."""
-    return not PROXY_HEADER_KEYS.isdisjoint(environ.keys())
 
 
 def forwarded_client(x_forwarded_for: object, trusted: tuple[Network, ...]) -> IPAddress | None:
