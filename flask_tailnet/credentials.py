@@ -1,6 +1,7 @@
 """The credential cascade: each step decides (a peer, or a denial) or passes to the next.
 
-Steps run in order; the first that decides wins, and when none decides the request is denied.
+Steps run in order (the guard runs them, in :mod:`flask_tailnet.extension`); the first that decides
+wins, and when none decides the request is denied.
 A step that recognises its credential but finds it wrong denies at once instead of passing on,
 so a bad credential of one kind is never rescued by another.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .peer import Peer, logged_in
@@ -28,16 +29,6 @@ class Step(Protocol):
     """One way to authenticate: return the authenticated peer, :data:`DENY`, or ``None`` to pass."""
 
     def __call__(self, environ: Mapping[str, Any], peer: Peer) -> StepResult: ...
-
-
-def authenticate(steps: Sequence[Step], environ: Mapping[str, Any], peer: Peer) -> Peer | None:
-    """Run the cascade; the authenticated peer, or ``None`` (denied) when no step admits it."""
-    for step in steps:
-        result = step(environ, peer)
-        if result is None:
-            continue
-        return None if result is DENY else result
-    return None
 
 
 def bearer_credential(header: object) -> bytes | None:

@@ -325,3 +325,22 @@ def test_refused_hosts_are_logged_with_the_fix_and_capped(
     refused = [r for r in caplog.records if "TAILNET_ALLOWED_HOSTS" in r.getMessage()]
     assert 1 <= len(refused) <= 20
     assert "name0.example" in refused[0].getMessage()
+
+
+def test_logged_in_peers_are_shared_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_tailnet import peer as peer_module
+
+    anonymous = peer_module.Peer("100.64.0.7", "none")
+    first = peer_module.logged_in(anonymous, "token")
+    assert first is peer_module.logged_in(anonymous, "token")
+    assert (first.address, first.method, first.local, first.authenticated) == (
+        "100.64.0.7",
+        "token",
+        False,
+        True,
+    )
+    assert not anonymous.authenticated
+    monkeypatch.setattr(peer_module, "_LOGGED_IN_LIMIT", 2)
+    for n in range(5):
+        peer_module.logged_in(peer_module.Peer(f"100.64.0.{n}", "none"), "token")
+    assert len(peer_module._LOGGED_IN) <= 2
