@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 
 from flask_tailnet import ConfigurationError, TailnetGuard, current_peer
+from flask_tailnet import peer as peer_module
 from flask_tailnet.gate import Gate
 from flask_tailnet.peer import NOBODY
 
@@ -328,8 +329,6 @@ def test_refused_hosts_are_logged_with_the_fix_and_capped(
 
 
 def test_logged_in_peers_are_shared_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_tailnet import peer as peer_module
-
     anonymous = peer_module.Peer("100.64.0.7", "none")
     first = peer_module.logged_in(anonymous, "token")
     assert first is peer_module.logged_in(anonymous, "token")
