@@ -14,6 +14,7 @@ import pytest
 from flask import Flask
 
 from flask_tailnet.cli import tailnet
+from flask_tailnet.credentials import secret_matches
 from flask_tailnet.secretfile import SecretFile, UnsafeSecretFile
 
 from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
@@ -310,3 +311,61 @@ def test_uncreatable_token_fails_closed(tmp_path: Path, caplog: pytest.LogCaptur
     result = app.test_cli_runner().invoke(tailnet, ["token"])
     assert result.exit_code != 0
     assert "TAILNET_STATE_DIR" in result.output
+
+
+def _lie(monkeypatch: pytest.MonkeyPatch, path: Path, answer: Any, times: int = 1000) -> None:
+    """Make the next ``times`` ``os.lstat(path)`` calls answer ``answer()``: the window in which
+    another process (or an attacker) changes the file between our look and our action."""
+    real_lstat = os.lstat
+    left = [times]
+
+    def lstat(target: Any, *args: Any, **kwargs: Any) -> Any:
+        if left[0] > 0 and str(target) == str(path):
+            left[0] -= 1
+            return answer()
+        return real_lstat(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+
+
+def test_symlink_swapped_in_after_the_check_is_not_followed(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = SecretFile(state_dir, "token")
+    secret.ensure()
+    attacker = tmp_path / "attacker"
+    attacker.write_text("attacker-chosen-token")
+    attacker.chmod(0o600)
+    secret.path.unlink()
+    secret.path.symlink_to(attacker)
+    _lie(monkeypatch, secret.path, lambda: os.stat(attacker))  # it looks like a plain file
+    assert secret.read() is None
+
+
+def test_creation_race_keeps_the_token_that_won(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    winner = SecretFile(state_dir, "token").ensure()
+    loser = SecretFile(state_dir, "token")
+
+    def missing() -> Any:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    _lie(monkeypatch, loser.path, missing, times=2)  # the loser looked before the winner linked
+    assert loser.read(create=True) == winner
+    assert (state_dir / "token").read_bytes().strip() == winner
+
+
+@pytest.mark.parametrize(
+    ("presented", "secret", "matches"),
+    [
+        pytest.param(b"", b"", False, id="empty-vs-empty"),
+        pytest.param(b"", None, False, id="empty-vs-absent"),
+        pytest.param(b"x", None, False, id="absent-secret"),
+        pytest.param(b"", b"x", False, id="empty-presented"),
+        pytest.param(b"x", b"x", True, id="equal"),
+        pytest.param(b"x", b"xx", False, id="prefix"),
+    ],
+)
+def test_secret_matches_table(presented: bytes, secret: bytes | None, matches: bool) -> None:
+    assert secret_matches(presented, secret) is matches
