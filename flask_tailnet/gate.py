@@ -81,8 +81,7 @@ class Gate:
         trusted proxy, a forwarded client) outside the policy; any request marked as Funnel traffic
         unless the policy is ``"any"``; a cross-site unsafe request or WebSocket upgrade to the
         loopback bypass."""
-        orig = environ.get(PROXY_FIX_ORIG)
-        source = environ if orig is None else orig
+        source = environ.get(PROXY_FIX_ORIG, environ)
         key = (source.get("REMOTE_ADDR"), source.get("HTTP_HOST"))
         try:
             route = self._routes[key]
