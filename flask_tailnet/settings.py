@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+
+from limits import parse_many
 
 from .addresses import Network, parse_networks
 from .hosts import HostRule, parse_host_rule
 
 PolicyName = Literal["tailnet", "local", "any"]
+AuthName = Literal["auto", "pam", "password", "token"]
 
 #: Which socket peers may be served at all: ``"tailnet"`` (Tailscale's ranges and loopback),
 #: ``"local"`` (also RFC 1918, fc00::/7 and link-local) or ``"any"``.
@@ -36,6 +41,27 @@ LOCAL_BYPASS = "TAILNET_LOCAL_BYPASS"
 STATE_DIR = "TAILNET_STATE_DIR"
 #: The realm named in ``WWW-Authenticate``. Default: the app's name.
 REALM = "TAILNET_REALM"
+#: How remote people log in: ``"auto"`` (PAM, else the password variable, else the password file,
+#: else the token), or exactly one of ``"pam"``, ``"password"``, ``"token"``. The bearer token works
+#: in every mode.
+AUTH = "TAILNET_AUTH"
+#: The PAM service that checks system passwords.
+PAM_SERVICE = "TAILNET_PAM_SERVICE"
+#: Users who may log in with PAM. Default: the user the server runs as.
+PAM_USERS = "TAILNET_PAM_USERS"
+#: The environment variable that holds the login password.
+PASSWORD_ENV = "TAILNET_PASSWORD_ENV"  # noqa: S105 - a setting's name
+#: Where the login page and logout live.
+LOGIN_PREFIX = "TAILNET_LOGIN_PREFIX"
+#: The name of the session cookie.
+COOKIE_NAME = "TAILNET_COOKIE_NAME"
+#: How long a browser session lasts, in seconds (or a ``timedelta``); enforced on the server.
+SESSION_LIFETIME = "TAILNET_SESSION_LIFETIME"
+#: Failed attempts allowed per client address, in the ``limits`` notation.
+LOGIN_LIMITS = "TAILNET_LOGIN_LIMITS"
+#: Where failed attempts are counted: ``memory://`` (per process) or ``redis://host:port`` (shared
+#: by every worker and host that uses it).
+RATELIMIT_STORAGE_URI = "TAILNET_RATELIMIT_STORAGE_URI"
 
 DEFAULTS: Mapping[str, Any] = {
     NETWORK: "tailnet",
@@ -45,6 +71,15 @@ DEFAULTS: Mapping[str, Any] = {
     LOCAL_BYPASS: True,
     STATE_DIR: None,
     REALM: None,
+    AUTH: "auto",
+    PAM_SERVICE: "login",
+    PAM_USERS: None,
+    PASSWORD_ENV: "TAILNET_PASSWORD",
+    LOGIN_PREFIX: "/_tailnet",
+    COOKIE_NAME: "tailnet_session",
+    SESSION_LIFETIME: 12 * 3600,
+    LOGIN_LIMITS: "5 per minute; 30 per hour",
+    RATELIMIT_STORAGE_URI: "memory://",
 }
 
 
@@ -63,6 +98,15 @@ class Settings:
     local_bypass: bool
     state_dir: Path
     realm: str
+    auth: AuthName
+    pam_service: str
+    pam_users: tuple[str, ...] | None
+    password_env: str
+    login_prefix: str
+    cookie_name: str
+    session_lifetime: float
+    login_limits: str
+    ratelimit_storage_uri: str
 
 
 def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Settings:
@@ -96,6 +140,12 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
     if not isinstance(realm, str) or not realm.isprintable() or '"' in realm or "\\" in realm:
         raise ConfigurationError(f"{REALM} must be printable text without quotes, not {realm!r}")
 
+    auth = get(AUTH)
+    if auth not in ("auto", "pam", "password", "token"):
+        raise ConfigurationError(
+            f"{AUTH} is {auth!r}; use 'auto' (the default), 'pam', 'password' or 'token'"
+        )
+    pam_users = get(PAM_USERS)
     return Settings(
         network=network,
         allowlist=_networks(ALLOWLIST, get(ALLOWLIST)),
@@ -104,7 +154,63 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
         local_bypass=local_bypass,
         state_dir=Path(os.path.abspath(state_dir)),
         realm=realm,
+        auth=auth,
+        pam_service=_name(PAM_SERVICE, get(PAM_SERVICE), _PAM_SERVICE),
+        pam_users=None if pam_users is None else _entries(PAM_USERS, pam_users),
+        password_env=_name(PASSWORD_ENV, get(PASSWORD_ENV), _ENV_NAME),
+        login_prefix=_name(LOGIN_PREFIX, get(LOGIN_PREFIX), _PREFIX).rstrip("/"),
+        cookie_name=_name(COOKIE_NAME, get(COOKIE_NAME), _COOKIE),
+        session_lifetime=_seconds(SESSION_LIFETIME, get(SESSION_LIFETIME)),
+        login_limits=_limits(get(LOGIN_LIMITS)),
+        ratelimit_storage_uri=_storage_uri(get(RATELIMIT_STORAGE_URI)),
     )
+
+
+_PAM_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+/?")
+_COOKIE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _name(key: str, value: Any, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise ConfigurationError(f"{key} is {value!r}; it must match {pattern.pattern}")
+    return value
+
+
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 60 <= value <= 31 * 86400
+    ):
+        raise ConfigurationError(
+            f"{key} is {value!r}; give seconds (or a timedelta) between 60 and 31 days"
+        )
+    return float(value)
+
+
+def _limits(value: Any) -> str:
+    try:
+        parsed = parse_many(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if not parsed:
+        raise ConfigurationError(
+            f"{LOGIN_LIMITS} is {value!r}; write limits like '5 per minute; 30 per hour'"
+        )
+    return str(value)
+
+
+def _storage_uri(value: Any) -> str:
+    scheme = value.partition("://")[0] if isinstance(value, str) else ""
+    if scheme not in ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"):
+        raise ConfigurationError(
+            f"{RATELIMIT_STORAGE_URI} is {value!r}; use 'memory://' or 'redis://host:port'"
+        )
+    return str(value)
 
 
 def _entries(key: str, value: Any) -> tuple[str, ...]:

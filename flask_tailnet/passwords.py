@@ -1,0 +1,74 @@
+"""The login password: from an environment variable, else from the password file (pure).
+
+The password file holds plain text, or a werkzeug password hash (``scrypt:`` or ``pbkdf2:``) as
+``flask tailnet password`` writes it. Both sources are read at each check (the file with one
+``lstat``), so setting, changing or removing them takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from werkzeug.security import check_password_hash
+
+from .secretfile import SecretFile
+
+PASSWORD_FILE = "password"  # noqa: S105 - a file name
+_HASH_PREFIXES = (b"scrypt:", b"pbkdf2:")
+_MAX_PRESENTED = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Password:
+    """The password now in force: where it comes from, and its stored form (plain or a hash)."""
+
+    origin: Literal["env", "file"]
+    stored: bytes
+
+    @property
+    def hashed(self) -> bool:
+        return self.stored.startswith(_HASH_PREFIXES)
+
+
+class PasswordSource:
+    """The variable ``env_name`` when it is set and not empty, else the password file."""
+
+    def __init__(
+        self, env_name: str, password_file: SecretFile, environ: Mapping[str, str] = os.environ
+    ) -> None:
+        self.env_name = env_name
+        self.file = password_file
+        self._environ = environ
+
+    def current(self) -> Password | None:
+        """The password in force, or ``None`` when neither source holds one (an empty variable,
+        and a missing, empty or untrusted file, hold none)."""
+        value = self._environ.get(self.env_name)
+        if value:
+            return Password("env", value.encode("utf-8", "surrogateescape"))
+        stored = self.file.read()
+        return None if stored is None else Password("file", stored)
+
+    def verify(self, presented: str) -> bool:
+        """True if ``presented`` is the password in force. False when there is none, for an empty
+        or over-long attempt, one with a NUL byte, and anything that cannot be encoded; never
+        raises."""
+        password = self.current()
+        if password is None or not presented or len(presented) > _MAX_PRESENTED:
+            return False
+        if "\x00" in presented:  # HMAC pads keys with NULs: "pw\0" would match a hash of "pw"
+            return False
+        try:
+            attempt = presented.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        if password.hashed:
+            try:
+                return check_password_hash(password.stored.decode("ascii"), presented)
+            except (ValueError, UnicodeDecodeError):
+                return False
+        return hmac.compare_digest(attempt, password.stored)

@@ -1,0 +1,90 @@
+"""The login password: variable first, then the file; plain text or a werkzeug hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from werkzeug.security import generate_password_hash
+
+from flask_tailnet.passwords import PasswordSource
+from flask_tailnet.secretfile import SecretFile
+
+
+def write_private(path: Path, content: str) -> None:
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_text(content)
+    path.chmod(0o600)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> PasswordSource:
+    return PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), environ={})
+
+
+def test_no_source_no_password(source: PasswordSource) -> None:
+    assert source.current() is None
+    assert not source.verify("")
+    assert not source.verify("anything")
+
+
+def test_variable_wins_over_file(tmp_path: Path) -> None:
+    write_private(tmp_path / "state" / "password", "from-file")
+    source = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), {"TEST_PW": "v"})
+    assert source.verify("v")
+    assert not source.verify("from-file")
+    empty = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), {"TEST_PW": ""})
+    assert empty.verify("from-file")  # an empty variable holds no password
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param("correct horse", id="plain"),
+        pytest.param(generate_password_hash("correct horse", "scrypt"), id="scrypt"),
+        pytest.param(generate_password_hash("correct horse", "pbkdf2"), id="pbkdf2"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("attempt", "ok"),
+    [
+        pytest.param("correct horse", True, id="right"),
+        pytest.param("correct horsE", False, id="case"),
+        pytest.param("correct horse ", False, id="trailing-space"),
+        pytest.param("", False, id="empty"),
+        pytest.param("correct horse\x00", False, id="nul"),
+        pytest.param("\udcff", False, id="surrogate"),
+        pytest.param("x" * 5000, False, id="over-long"),
+    ],
+)
+def test_verify_table(tmp_path: Path, stored: str, attempt: str, ok: bool) -> None:
+    write_private(tmp_path / "state" / "password", stored + "\n")
+    source = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), {})
+    assert source.verify(attempt) is ok
+
+
+def test_the_hash_itself_is_not_the_password(tmp_path: Path) -> None:
+    hashed = generate_password_hash("pw", "scrypt")
+    write_private(tmp_path / "state" / "password", hashed)
+    source = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), {})
+    assert not source.verify(hashed)
+
+
+def test_untrusted_file_holds_no_password(tmp_path: Path) -> None:
+    write_private(tmp_path / "state" / "password", "pw")
+    (tmp_path / "state" / "password").chmod(0o644)
+    source = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), {})
+    assert source.current() is None
+    assert not source.verify("pw")
+
+
+def test_file_changes_take_effect_without_restart(tmp_path: Path) -> None:
+    source = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), {})
+    assert not source.verify("one")
+    write_private(tmp_path / "state" / "password", "one")
+    assert source.verify("one")
+    write_private(tmp_path / "state" / "password", "two")
+    assert not source.verify("one")
+    assert source.verify("two")
+    (tmp_path / "state" / "password").unlink()
+    assert source.current() is None
