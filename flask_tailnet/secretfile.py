@@ -162,6 +162,22 @@ class SecretFile:
         self._publish(replace=True)
         return self.ensure()
 
+    def write(self, content: bytes) -> None:
+        """Replace the file atomically with ``content`` (not empty), mode 0600 from creation."""
+        if not content.strip():
+            raise ValueError("refusing to write an empty secret")
+        self._publish(replace=True, content=content)
+
+    def remove(self) -> bool:
+        """Delete the file; False if it was not there. The directory must be trusted."""
+        ensure_private_dir(self.directory)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return False
+        _fsync_directory(self.directory)
+        return True
+
     def _load(self, st: os.stat_result) -> bytes:
         """Check and read the file that ``st`` describes; raise on anything not trusted."""
         path = self._path
@@ -205,7 +221,7 @@ class SecretFile:
             raise UnsafeSecretFile(f"{path} is larger than {_MAX_SIZE} bytes; replace it")
         return value
 
-    def _publish(self, *, replace: bool) -> None:
+    def _publish(self, *, replace: bool, content: bytes | None = None) -> None:
         """Write a new secret to a private temporary file, fsync it, then make it visible whole:
         by ``link`` when creating (the first process wins, the others keep its secret) or by
         ``rename`` when rotating."""
@@ -214,7 +230,7 @@ class SecretFile:
         fd = os.open(temp, _OPEN_NEW, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(self._generate() + b"\n")
+                handle.write((self._generate() if content is None else content.strip()) + b"\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             if replace:

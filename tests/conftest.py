@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from flask_tailnet import TailnetGuard, current_peer
+from flask_tailnet.pamauth import pam_problem
 
 TAILNET_PEER = "100.64.0.7"
 TAILNET_HOST = "100.64.0.1:5000"
@@ -114,3 +119,73 @@ def _no_leftover_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("FLASK_TAILNET_"):
             monkeypatch.delenv(key)
+
+
+# ---- PAM: a real throwaway system user and PAM service (needs root) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PamUser:
+    """A real system user with a known password, and a PAM service that checks it with pam_unix."""
+
+    username: str
+    password: str
+    service: str
+
+
+#: pam_unix alone. ``nodelay`` is for tests only: it drops pam_unix's ~2 s delay after a failure.
+PAM_TEST_SERVICE = """\
+# flask-tailnet tests; removed when the test session ends
+auth     required pam_unix.so nodelay
+account  required pam_unix.so
+"""
+
+
+def _system_tool(name: str) -> str:
+    path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if path is None:
+        pytest.skip(f"pam_user needs {name} (Debian package passwd)")
+    return path
+
+
+def _run(args: list[str], stdin: str | None = None) -> None:
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} exited with {done.returncode}: {done.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def pam_user() -> Iterator[PamUser]:
+    """A system user ``tailnettest<hex>`` with a random password and a PAM service
+    ``flask-tailnet-test-<hex>`` for it; both are removed afterwards, even on failure.
+
+    The server in tests runs as root, so ``TAILNET_PAM_USERS`` must name this user explicitly.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("pam_user needs root: it adds a system user and a file in /etc/pam.d")
+    useradd, chpasswd, userdel = map(_system_tool, ("useradd", "chpasswd", "userdel"))
+    if not os.path.isdir("/etc/pam.d"):
+        pytest.skip("pam_user needs an /etc/pam.d directory")
+    suffix = secrets.token_hex(4)
+    user = PamUser(
+        username=f"tailnettest{suffix}",
+        password=secrets.token_urlsafe(24),
+        service=f"flask-tailnet-test-{suffix}",
+    )
+    service_file = Path("/etc/pam.d", user.service)
+    created = False
+    try:
+        _run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user.username]
+        )
+        created = True
+        _run([chpasswd], stdin=f"{user.username}:{user.password}\n")
+        service_file.write_text(PAM_TEST_SERVICE)
+        problem = pam_problem(user.service)
+        if problem is not None:
+            pytest.skip(f"PAM is not usable here: {problem}")
+        yield user
+    finally:
+        service_file.unlink(missing_ok=True)
+        if created:
+            _run([userdel, user.username])

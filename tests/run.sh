@@ -14,6 +14,13 @@ if [ "$(id -u)" = 0 ]; then
     missing=()
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     "$python" -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+    # PAM tests (tests/conftest.py pam_user): useradd/chpasswd/userdel, libpam, pam_unix
+    command -v useradd >/dev/null 2>&1 || missing+=(passwd)
+    ldconfig -p 2>/dev/null | grep 'libpam\.so\.0' >/dev/null || missing+=(libpam0g)
+    [ -n "$(find /lib /usr/lib -path '*/security/pam_unix.so' -print -quit 2>/dev/null)" ] ||
+        missing+=(libpam-modules)
+    # rate limit tests (tests/test_ratelimit.py): each run starts its own redis-server on a free port
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "run.sh: installing ${missing[*]}"
         apt-get update -qq
