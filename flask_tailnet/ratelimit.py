@@ -1,0 +1,271 @@
+"""The failed-attempt budget: how many credential attempts one client may make, over ``limits``.
+
+Every attempt that presents a credential spends from the client's budget *before* the credential is
+checked, and a success refunds the whole budget. Spending first is what makes the budget hold under
+concurrency: a test-then-hit sequence would let parallel guesses all pass the test before any of
+them is counted. A client over budget is refused without its credential being looked at.
+
+The strategy is ``limits``' moving window. Unlike a fixed window it never allows more than N
+attempts in *any* span of the period (a fixed window admits 2N across a boundary: ten guesses in
+two seconds under "5 per minute"); its check-and-record is one atomic step (a Lua script in
+Redis, a lock in memory); and a limit without room records nothing, so a client that keeps knocking
+while refused is not kept out longer than the ``Retry-After`` it was given.
+
+Storage: ``memory://`` counts per :class:`AttemptBudget`, that is per process: each gunicorn
+worker keeps its own budget, so N workers allow up to N times the limit. ``redis://`` (and
+``rediss://``, ``redis+unix://``, ``redis+sentinel://``, ``redis+cluster://``) shares one budget
+between every worker and host that uses the same server and namespace. The moving window stamps
+attempts with each host's clock, so hosts that share a Redis should keep their clocks in sync.
+
+Fail closed: when the storage cannot be reached or answers with an error, every attempt is refused
+as over budget; no storage exception escapes. The error is logged at most once a minute, naming
+the storage without its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.storage import Storage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from .addresses import parse_ip
+
+log = logging.getLogger("flask_tailnet")
+
+DEFAULT_LIMITS = "5 per minute; 30 per hour"
+#: The storage schemes the budget accepts: memory, and Redis in its forms.
+SUPPORTED_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+unix",
+    "redis+sentinel",
+    "redis+cluster",
+)
+#: Without a socket timeout redis-py waits forever on a server that does not answer, and so would
+#: every login; a ``socket_timeout`` or ``socket_connect_timeout`` in the URI query wins.
+_REDIS_TIMEOUTS: dict[str, float | str | bool] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 2.0,
+}
+_LOG_EVERY = 60.0  # seconds between two log lines about an unreachable storage
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """The answer to one attempt: ``allowed``, or refused with ``retry_after`` whole seconds (>= 1)
+    to wait; ``retry_after`` is 0 when allowed."""
+
+    allowed: bool
+    retry_after: int
+
+
+ALLOWED = Spent(allowed=True, retry_after=0)
+
+
+class AttemptBudget:
+    """Failed-attempt budget per client key, over ``limits``' moving window.
+
+    ``limits`` is in the ``limits`` notation (``"5 per minute; 30 per hour"``); every limit holds
+    at once. ``namespace`` separates budgets that share one storage: two apps on one Redis share
+    budgets only when they share the namespace. Raises :class:`ValueError`, with a message that
+    names the fix, for a limit string that does not parse or allows no attempt at all, an empty
+    namespace, or a storage URI that is not memory or Redis or cannot be used. The password of a
+    storage URI never appears in a message.
+    """
+
+    def __init__(
+        self,
+        limits: str = DEFAULT_LIMITS,
+        storage_uri: str = "memory://",
+        *,
+        namespace: str = "default",
+    ) -> None:
+        if not isinstance(namespace, str) or not namespace:
+            raise ValueError(
+                f"the rate limit namespace must be a non-empty string, not {namespace!r}"
+            )
+        self._items = _parse_limits(limits)
+        self._secrets = _secrets_of(storage_uri) if isinstance(storage_uri, str) else ()
+        self._shown_uri = _shown(storage_uri)
+        storage = _open_storage(storage_uri, self._shown_uri, self._secrets)
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._namespace = _key_part(namespace)
+        # memory's own per-key locks are dropped by its expiry timer, which can let two threads
+        # into one key's window at once; a lock here keeps the count exact. Redis is atomic.
+        self._serial: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if _scheme(storage_uri) == "memory" else contextlib.nullcontext()
+        )
+        # what a refusal says when the storage cannot tell: one window of the shortest limit
+        self._unknown_wait = min(item.get_expiry() for item in self._items)
+        self._quiet_until = 0.0
+        self._failing = False
+
+    def spend(self, key: str) -> Spent:
+        """Count one attempt by ``key`` against every limit, before its credential is checked.
+
+        Allowed only when every limit had room, each taking its room atomically, so concurrent
+        attempts (threads, workers, hosts sharing a Redis) never allow more than a limit. Limits
+        are spent shortest window first and spending stops at the first one without room, so a
+        refusal by the per-minute limit does not eat the hourly budget. Refused, with a
+        ``retry_after``, when over budget or when the storage fails; never raises.
+        """
+        try:
+            part = _key_part(key)
+            with self._serial:
+                for item in self._items:
+                    if not self._limiter.hit(item, self._namespace, part):
+                        return Spent(allowed=False, retry_after=self._wait(key))
+        except Exception as exc:  # any storage failure must refuse, not escape
+            self._storage_failed(exc)
+            return Spent(allowed=False, retry_after=self._unknown_wait)
+        self._storage_answered()
+        return ALLOWED
+
+    def refund(self, key: str) -> None:
+        """Clear every count of ``key``, after its credential was accepted. Never raises; when the
+        storage fails, the counts stay until they expire."""
+        try:
+            part = _key_part(key)
+            for item in self._items:
+                self._limiter.clear(item, self._namespace, part)
+        except Exception as exc:  # a failed refund must not fail the login
+            self._storage_failed(exc)
+            return
+        self._storage_answered()
+
+    def retry_after(self, key: str) -> int:
+        """Whole seconds until ``key`` may attempt again: 0 when it may now, at least 1 when it is
+        over budget, and one window of the shortest limit when the storage fails. Never raises."""
+        try:
+            return self._wait(key)
+        except Exception as exc:  # fail closed: an unknown state is over budget
+            self._storage_failed(exc)
+            return self._unknown_wait
+
+    def _wait(self, key: str) -> int:
+        """Seconds until every exhausted limit of ``key`` has room again (0 if none is
+        exhausted). In a moving window a limit has room again when its oldest attempt leaves the
+        window, which is the reset time ``limits`` reports."""
+        part = _key_part(key)
+        now = time.time()
+        wait = 0
+        for item in self._items:
+            stats = self._limiter.get_window_stats(item, self._namespace, part)
+            if stats.remaining <= 0:
+                wait = max(wait, math.ceil(stats.reset_time - now), 1)
+        return wait
+
+    def _storage_failed(self, exc: Exception) -> None:
+        """Log the failure, unless one was logged less than a minute ago: a storage that is down
+        must not write a line per request."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return
+        self._quiet_until = now + _LOG_EVERY
+        self._failing = True
+        log.error(
+            "flask-tailnet: the failed-attempt storage %s failed (%s: %s); every credential "
+            "attempt is refused with 429 until it answers (logged at most once a minute)",
+            self._shown_uri,
+            type(exc).__name__,
+            _without_secrets(str(exc), self._secrets),
+        )
+
+    def _storage_answered(self) -> None:
+        """Say once that the storage is back, after a logged failure."""
+        if self._failing:
+            self._failing = False
+            log.warning(
+                "flask-tailnet: the failed-attempt storage %s answers again", self._shown_uri
+            )
+
+
+def exempt(address: str | None) -> bool:
+    """True only for a loopback IP address (``127.0.0.0/8``, ``::1``, an IPv4-mapped loopback),
+    whose attempts are never counted. ``None``, a name, or anything else that is not an IP
+    address (as :func:`~flask_tailnet.addresses.parse_ip` reads it) is not exempt."""
+    ip = parse_ip(address)
+    return ip is not None and ip.is_loopback
+
+
+def _parse_limits(limits: str) -> tuple[RateLimitItem, ...]:
+    """The distinct limits of ``limits``, shortest window first."""
+    hint = "write limits like '5 per minute; 30 per hour'"
+    try:
+        parsed = parse_many(limits) if isinstance(limits, str) else []
+    except ValueError:
+        parsed = []
+    if not parsed:
+        raise ValueError(f"rate limits {limits!r} cannot be parsed; {hint}")
+    if any(item.amount < 1 for item in parsed):
+        raise ValueError(f"rate limits {limits!r} allow no attempt at all; {hint}")
+    # a repeated limit would share one key and be spent twice per attempt
+    distinct = {(item.get_expiry(), item.amount): item for item in parsed}
+    return tuple(sorted(distinct.values(), key=lambda item: (item.get_expiry(), item.amount)))
+
+
+def _open_storage(uri: str, shown: str, secrets: tuple[str, ...]) -> Storage:
+    """The ``limits`` storage for ``uri``; :class:`ValueError` naming the fix when it cannot be
+    used. Redis is not contacted here, so a server that is down at start-up is not an error;
+    except Redis Cluster, whose client must reach a node to learn the cluster's layout."""
+    scheme = _scheme(uri)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(
+            f"rate limit storage {shown!r} is not supported; use 'memory://' (per process) or "
+            "'redis://host:port' (shared by every worker and host that uses it)"
+        )
+    options = _REDIS_TIMEOUTS if scheme != "memory" else {}
+    try:
+        storage = storage_from_string(uri, **options)
+    except Exception as exc:  # a bad URI, a missing client library, an unreachable cluster
+        detail = _without_secrets(str(exc).replace(uri, shown), secrets)
+        raise ValueError(f"rate limit storage {shown!r} cannot be used: {detail}") from None
+    if not isinstance(storage, Storage):  # pragma: no cover - the schemes above are synchronous
+        raise ValueError(f"rate limit storage {shown!r} is not a synchronous storage")
+    return storage
+
+
+def _scheme(uri: object) -> str:
+    return uri.partition("://")[0].lower() if isinstance(uri, str) and "://" in uri else ""
+
+
+def _key_part(value: str) -> str:
+    """``value`` percent-encoded except ``:``, so that no ``/`` inside it can make two
+    (namespace, key) pairs build one storage key, and an IPv6 address stays readable."""
+    return urllib.parse.quote(value, safe=":")
+
+
+def _secrets_of(uri: str) -> tuple[str, ...]:
+    """The parts of ``uri`` that may be secret: its user information, and the password in it as
+    written and as decoded, longest first."""
+    head = uri.rpartition("@")[0]
+    userinfo = head.partition("://")[2] or head
+    password = userinfo.partition(":")[2]
+    found = {userinfo, password, urllib.parse.unquote(password)} - {""}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _without_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _shown(uri: object) -> str:
+    """``uri`` for messages and logs: everything before its last ``@`` but the scheme replaced by
+    ``***``, so that no form of user information can show."""
+    text = str(uri)
+    head, at, host = text.rpartition("@")
+    if not at:
+        return text
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"

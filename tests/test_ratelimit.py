@@ -1,0 +1,446 @@
+"""The failed-attempt budget: spent before the check, refunded on success, shared through a real
+Redis between real processes, and closed when its storage fails."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flask_tailnet.ratelimit import ALLOWED, AttemptBudget, Spent, exempt
+
+REPO = Path(__file__).resolve().parent.parent
+CLIENT = "100.64.0.7"
+
+
+# ---- a real redis-server -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pings(address: tuple[str, int] | Path) -> bool:
+    family = socket.AF_UNIX if isinstance(address, Path) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(str(address) if isinstance(address, Path) else address)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _redis_server(directory: Path, *listen: str, answers: Callable[[], bool]) -> Iterator[None]:
+    """A ``redis-server`` of our own listening where ``listen`` says (never a system one), that
+    ``answers``; stopped afterwards. Skips when redis-server is not installed."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (as root, tests/run.sh installs it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    in_memory_only = ("--save", "", "--appendonly", "no", "--dir", str(directory))
+    proc = subprocess.Popen(
+        [server, *listen, *in_memory_only, "--daemonize", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not answers():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server {' '.join(listen)} did not start (exit {proc.poll()})")
+            time.sleep(0.02)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def running_redis(directory: Path, port: int | None = None) -> Iterator[str]:
+    """A redis-server on 127.0.0.1 and a free port, answering PING; yields its URL."""
+    port = _free_port() if port is None else port
+    listen = ("--port", str(port), "--bind", "127.0.0.1")
+    with _redis_server(directory, *listen, answers=lambda: _pings(("127.0.0.1", port))):
+        yield f"redis://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_uri(request: pytest.FixtureRequest) -> str:
+    """Each behaviour test runs on both storages."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+def budget(
+    storage_uri: str = "memory://", limits: str = "5 per minute; 30 per hour"
+) -> AttemptBudget:
+    """A budget in a namespace of its own, so that tests on the shared Redis never meet."""
+    return AttemptBudget(limits, storage_uri, namespace=f"test-{uuid.uuid4().hex}")
+
+
+def spend(spender: AttemptBudget, key: str, times: int) -> list[bool]:
+    return [spender.spend(key).allowed for _ in range(times)]
+
+
+# ---- the budget ----------------------------------------------------------------------------------
+
+
+def test_default_budget_allows_five_a_minute(storage_uri: str) -> None:
+    spender = budget(storage_uri)
+    assert spend(spender, CLIENT, 5) == [True] * 5
+    refused = spender.spend(CLIENT)
+    assert refused.allowed is False
+    assert 1 <= refused.retry_after <= 60
+    assert 1 <= spender.retry_after(CLIENT) <= 60
+
+
+def test_allowed_attempt_says_no_wait(storage_uri: str) -> None:
+    spender = budget(storage_uri)
+    assert spender.spend(CLIENT) == ALLOWED == Spent(allowed=True, retry_after=0)
+    assert spender.retry_after(CLIENT) == 0
+
+
+def test_refund_clears_the_budget(storage_uri: str) -> None:
+    spender = budget(storage_uri)
+    assert spend(spender, CLIENT, 6)[-1] is False
+    spender.refund(CLIENT)
+    assert spender.retry_after(CLIENT) == 0
+    assert spend(spender, CLIENT, 6) == [True] * 5 + [False]
+
+
+def test_refund_of_an_unknown_key_is_harmless(storage_uri: str) -> None:
+    spender = budget(storage_uri)
+    spender.refund("100.64.9.9")
+    assert spender.spend("100.64.9.9").allowed is True
+
+
+KEYS = [
+    pytest.param(("100.64.0.7", "100.64.0.8"), id="two-ipv4"),
+    pytest.param(("fd7a:115c:a1e0::7", "fd7a:115c:a1e0::8"), id="two-ipv6-with-colons"),
+    pytest.param(("100.64.0.7", "100.64.0.7/5/1/minute"), id="key-that-mimics-a-limits-suffix"),
+    pytest.param(("a", "a/"), id="trailing-slash"),
+    pytest.param(("", " "), id="empty-and-blank"),
+    pytest.param(("%2F", "/"), id="escape-that-mimics-an-escaped-slash"),
+    pytest.param(("\u00e9", "e\u0301"), id="unicode-normal-forms"),
+]
+
+
+@pytest.mark.parametrize("keys", KEYS)
+def test_keys_are_independent(storage_uri: str, keys: tuple[str, str]) -> None:
+    spender = budget(storage_uri)
+    first, second = keys
+    assert spend(spender, first, 6) == [True] * 5 + [False]
+    assert spend(spender, second, 5) == [True] * 5
+
+
+def test_a_key_that_cannot_be_encoded_is_refused_not_raised() -> None:
+    spender = budget()
+    assert spender.spend("\ud800").allowed is False
+    assert spender.retry_after("\ud800") >= 1
+    spender.refund("\ud800")
+
+
+def test_two_memory_budgets_are_independent() -> None:
+    one, two = AttemptBudget(), AttemptBudget()
+    assert spend(one, CLIENT, 6) == [True] * 5 + [False]
+    assert spend(two, CLIENT, 5) == [True] * 5
+
+
+def test_one_namespace_on_one_redis_is_one_budget(redis_url: str) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    one = AttemptBudget(storage_uri=redis_url, namespace=namespace)
+    two = AttemptBudget(storage_uri=redis_url, namespace=namespace)
+    assert spend(one, CLIENT, 3) + spend(two, CLIENT, 3) == [True] * 5 + [False]
+    two.refund(CLIENT)
+    assert one.spend(CLIENT).allowed is True
+
+
+NAMESPACE_CLASHES = [
+    pytest.param(("app", "app2"), ("k", "k"), id="different-apps"),
+    pytest.param(("x/a", "x"), ("b", "a/b"), id="slash-moved-between-namespace-and-key"),
+    pytest.param(("x", "x/b"), ("b/c", "c"), id="slash-moved-the-other-way"),
+]
+
+
+@pytest.mark.parametrize(("namespaces", "keys"), NAMESPACE_CLASHES)
+def test_namespaces_on_one_redis_never_share(
+    redis_url: str, namespaces: tuple[str, str], keys: tuple[str, str]
+) -> None:
+    run = uuid.uuid4().hex
+    one = AttemptBudget("1 per minute", redis_url, namespace=f"{run}{namespaces[0]}")
+    two = AttemptBudget("1 per minute", redis_url, namespace=f"{run}{namespaces[1]}")
+    assert one.spend(keys[0]).allowed is True
+    assert two.spend(keys[1]).allowed is True
+
+
+def test_every_limit_holds(storage_uri: str) -> None:
+    spender = budget(storage_uri, "5 per minute; 2 per hour")
+    assert spend(spender, CLIENT, 3) == [True, True, False]
+    assert 60 < spender.retry_after(CLIENT) <= 3600
+
+
+def test_a_repeated_limit_counts_once(storage_uri: str) -> None:
+    spender = budget(storage_uri, "1 per minute; 1/minute")
+    assert spend(spender, CLIENT, 2) == [True, False]
+
+
+def test_retry_after_is_honest_and_refusals_record_nothing(storage_uri: str) -> None:
+    spender = budget(storage_uri, "1 per second")
+    assert spender.spend(CLIENT).allowed is True
+    for _ in range(20):  # knocking while refused must not push the wait further out
+        assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=1)
+    time.sleep(1.05)
+    assert spender.spend(CLIENT).allowed is True
+
+
+def test_a_short_refusal_does_not_eat_the_long_budget(storage_uri: str) -> None:
+    spender = budget(storage_uri, "2 per second; 3 per hour")
+    assert spend(spender, CLIENT, 2) == [True, True]
+    assert spend(spender, CLIENT, 10) == [False] * 10
+    time.sleep(1.05)
+    assert spend(spender, CLIENT, 2) == [True, False]
+    assert spender.retry_after(CLIENT) > 3000
+
+
+# ---- hit before check: parallel guesses ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("guessers", [16, 64])
+def test_parallel_guesses_never_exceed_the_limit(storage_uri: str, guessers: int) -> None:
+    spender = budget(storage_uri)
+    start = threading.Barrier(guessers)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def guess() -> None:
+        start.wait()
+        result = spender.spend(CLIENT).allowed
+        with lock:
+            allowed.append(result)
+
+    threads = [threading.Thread(target=guess) for _ in range(guessers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(allowed) == guessers
+    assert allowed.count(True) == 5
+
+
+# ---- real processes ------------------------------------------------------------------------------
+
+_SPEND = """
+import json, sys
+from flask_tailnet.ratelimit import AttemptBudget
+uri, namespace, key, times = sys.argv[1:]
+budget = AttemptBudget(storage_uri=uri, namespace=namespace)
+print(json.dumps([budget.spend(key).allowed for _ in range(int(times))]))
+"""
+
+
+def spend_in_process(uri: str, namespace: str, times: int) -> list[bool]:
+    """``times`` spends by CLIENT in a new Python process, as a gunicorn worker would."""
+    result = subprocess.run(
+        [sys.executable, "-c", _SPEND, uri, namespace, CLIENT, str(times)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    allowed: list[bool] = json.loads(result.stdout)
+    return allowed
+
+
+def test_processes_sharing_redis_share_one_budget(redis_url: str) -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    assert spend_in_process(redis_url, namespace, 3) == [True] * 3
+    assert spend_in_process(redis_url, namespace, 2) == [True] * 2
+    assert spend_in_process(redis_url, namespace, 1) == [False]
+    assert AttemptBudget(storage_uri=redis_url, namespace=namespace).spend(CLIENT).allowed is False
+
+
+def test_processes_with_memory_each_have_their_own_budget() -> None:
+    assert spend_in_process("memory://", "app", 6) == [True] * 5 + [False]
+    assert spend_in_process("memory://", "app", 6) == [True] * 5 + [False]
+
+
+# ---- fail closed ---------------------------------------------------------------------------------
+
+
+def _error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_redis_down_refuses_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    spender = AttemptBudget(storage_uri=f"redis://:hunter2@127.0.0.1:{_free_port()}")
+    with caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        for _ in range(20):
+            assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+            assert spender.retry_after(CLIENT) == 60
+            spender.refund(CLIENT)
+    errors = _error_lines(caplog)
+    assert len(errors) == 1, "logged once in a while, not per request"
+    assert "ConnectionError" in errors[0]
+    assert "127.0.0.1" in errors[0]
+    assert "hunter2" not in caplog.text
+
+
+def test_redis_that_hangs_refuses_within_the_timeout() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete, but nothing ever answers
+        spender = AttemptBudget(storage_uri=f"redis://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        assert spender.spend(CLIENT).allowed is False
+        assert time.monotonic() - started < 10  # the 2-second socket timeout, once
+
+
+def test_redis_back_after_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = _free_port()
+    spender = AttemptBudget("5 per minute", f"redis://127.0.0.1:{port}", namespace="outage")
+    with caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        assert spender.spend(CLIENT).allowed is False
+        with running_redis(tmp_path / "redis", port):
+            assert spend(spender, CLIENT, 6) == [True] * 5 + [False]
+    assert len(_error_lines(caplog)) == 1
+    assert "answers again" in caplog.text
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+BAD_LIMITS = [
+    pytest.param("", "cannot be parsed", id="empty"),
+    pytest.param("5", "cannot be parsed", id="no-period"),
+    pytest.param("five per minute", "cannot be parsed", id="words"),
+    pytest.param("5 per fortnight", "cannot be parsed", id="unknown-period"),
+    pytest.param("5 per minute;", "cannot be parsed", id="trailing-separator"),
+    pytest.param("-1 per minute", "cannot be parsed", id="negative"),
+    pytest.param("0 per minute", "allow no attempt", id="zero-locks-everyone-out"),
+    pytest.param("5 per minute; 0 per hour", "allow no attempt", id="one-zero-among-others"),
+    pytest.param(None, "cannot be parsed", id="not-a-string"),
+]
+
+
+@pytest.mark.parametrize(("limits", "message"), BAD_LIMITS)
+def test_bad_limits_raise_a_helpful_error(limits: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        AttemptBudget(limits)  # type: ignore[arg-type]
+    assert "5 per minute; 30 per hour" in str(error.value)
+
+
+BAD_URIS = [
+    pytest.param("", "not supported", id="empty"),
+    pytest.param("localhost:6379", "not supported", id="no-scheme"),
+    pytest.param("memcached://127.0.0.1:11211", "not supported", id="memcached"),
+    pytest.param("mongodb://127.0.0.1", "not supported", id="mongodb"),
+    pytest.param("async+redis://127.0.0.1", "not supported", id="async-storage"),
+    pytest.param("http://127.0.0.1:6379", "not supported", id="http"),
+    pytest.param("redis://127.0.0.1:port", "cannot be used", id="port-not-a-number"),
+    pytest.param("redis://127.0.0.1?socket_timeout=soon", "cannot be used", id="bad-query"),
+    pytest.param("redis+cluster://127.0.0.1:1", "cannot be used", id="cluster-unreachable"),
+]
+
+
+@pytest.mark.parametrize(("uri", "message"), BAD_URIS)
+def test_bad_storage_uris_raise_a_helpful_error(uri: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        AttemptBudget(storage_uri=uri)
+    assert "redis://host:port" in str(error.value) or "cannot be used" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "redis://:hunter2@127.0.0.1:port",
+        "redis://user:hunter2@127.0.0.1:port",
+        "redis://user:hun%74er2@127.0.0.1:port",
+        "memcached://user:hunter2@127.0.0.1",
+        "redis://user:hunter2@127.0.0.1?socket_timeout=soon",
+        "user:hunter2@127.0.0.1",
+        "redis+cluster://:hunter2@127.0.0.1:1",
+    ],
+)
+def test_error_messages_never_show_the_password(uri: str) -> None:
+    with pytest.raises(ValueError, match=r"\*\*\*@127\.0\.0\.1") as error:
+        AttemptBudget(storage_uri=uri)
+    assert "hunter2" not in str(error.value)
+    assert "hun%74er2" not in str(error.value)
+
+
+@pytest.mark.parametrize("namespace", ["", None])
+def test_namespace_must_be_given(namespace: object) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        AttemptBudget(namespace=namespace)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["memory://", "redis://127.0.0.1:1", "rediss://127.0.0.1:1", "redis+unix:///tmp/none.sock"],
+)
+def test_supported_storages_open_without_contacting_the_server(uri: str) -> None:
+    AttemptBudget(storage_uri=uri)
+
+
+def test_redis_over_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    listen = ("--port", "0", "--unixsocket", str(sock))
+    with _redis_server(tmp_path, *listen, answers=lambda: _pings(sock)):
+        spender = AttemptBudget("2 per minute", f"redis+unix://{sock}", namespace="unix")
+        assert spend(spender, CLIENT, 3) == [True, True, False]
+
+
+# ---- who is never counted ------------------------------------------------------------------------
+
+EXEMPT = [
+    pytest.param("127.0.0.1", True, id="ipv4-loopback"),
+    pytest.param("127.8.9.10", True, id="all-of-127/8"),
+    pytest.param("::1", True, id="ipv6-loopback"),
+    pytest.param("::ffff:127.0.0.1", True, id="ipv4-mapped-loopback"),
+    pytest.param("100.64.0.7", False, id="tailnet-peer"),
+    pytest.param("fd7a:115c:a1e0::7", False, id="tailnet-peer-ipv6"),
+    pytest.param("::ffff:100.64.0.7", False, id="ipv4-mapped-peer"),
+    pytest.param(None, False, id="missing-address"),
+    pytest.param("", False, id="empty-address"),
+    pytest.param("localhost", False, id="a-name-is-not-loopback"),
+    pytest.param("[::1]", False, id="bracketed"),
+    pytest.param("127.0.0.1:80", False, id="with-port"),
+    pytest.param(" 127.0.0.1", False, id="leading-space"),
+    pytest.param("127.1", False, id="legacy-short-form"),
+    pytest.param("0x7f.0.0.1", False, id="legacy-hex-form"),
+    pytest.param("0.0.0.0", False, id="unspecified"),
+]
+
+
+@pytest.mark.parametrize(("address", "expected"), EXEMPT)
+def test_only_loopback_is_exempt(address: str | None, expected: bool) -> None:
+    assert exempt(address) is expected
