@@ -16,8 +16,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from limits import parse_many
-
 from .addresses import Network, parse_networks
 from .hosts import HostRule, parse_host_rule
 
@@ -161,8 +159,8 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
         login_prefix=_name(LOGIN_PREFIX, get(LOGIN_PREFIX), _PREFIX).rstrip("/"),
         cookie_name=_name(COOKIE_NAME, get(COOKIE_NAME), _COOKIE),
         session_lifetime=_seconds(SESSION_LIFETIME, get(SESSION_LIFETIME)),
-        login_limits=_limits(get(LOGIN_LIMITS)),
-        ratelimit_storage_uri=_storage_uri(get(RATELIMIT_STORAGE_URI)),
+        login_limits=_text(LOGIN_LIMITS, get(LOGIN_LIMITS)),
+        ratelimit_storage_uri=_text(RATELIMIT_STORAGE_URI, get(RATELIMIT_STORAGE_URI)),
     )
 
 
@@ -192,25 +190,11 @@ def _seconds(key: str, value: Any) -> float:
     return float(value)
 
 
-def _limits(value: Any) -> str:
-    try:
-        parsed = parse_many(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if not parsed:
-        raise ConfigurationError(
-            f"{LOGIN_LIMITS} is {value!r}; write limits like '5 per minute; 30 per hour'"
-        )
-    return str(value)
-
-
-def _storage_uri(value: Any) -> str:
-    scheme = value.partition("://")[0] if isinstance(value, str) else ""
-    if scheme not in ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"):
-        raise ConfigurationError(
-            f"{RATELIMIT_STORAGE_URI} is {value!r}; use 'memory://' or 'redis://host:port'"
-        )
-    return str(value)
+def _text(key: str, value: Any) -> str:
+    """A text setting; its meaning is checked where it is used (the rate limiter, at init_app)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{key} must be a non-empty string")
+    return value
 
 
 def _entries(key: str, value: Any) -> tuple[str, ...]:
