@@ -1,0 +1,79 @@
+"""Credential attempts: spend from the client's budget first, check, refund on success.
+
+Hitting the counter before the check means parallel guesses cannot slip through a test-then-hit
+gap, and a client over its limit is refused (429) before its credential is looked at, so PAM is
+never called for it. A credential that already succeeded for the same client, and is still the
+one in force, is remembered for a short time in this process and served without touching the
+budget: API clients that send the token or Basic on every request cost one keyed hash and one
+lookup, not a round trip to the limiter's storage (and not a PAM conversation) per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .peer import Peer
+from .ratelimit import AttemptBudget, exempt
+
+_KNOWN_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """The client is over its budget; it may try again after ``retry_after`` seconds."""
+
+    retry_after: int
+
+
+class Attempts:
+    """The failed-attempt budget in front of every credential check of one app."""
+
+    def __init__(self, budget: AttemptBudget, *, remember: float = 60.0) -> None:
+        self.budget = budget
+        self.remember = remember
+        self._key = os.urandom(32)
+        self._known: dict[tuple[str | None, bool, bytes], tuple[float, bytes, Peer]] = {}
+
+    def check(
+        self,
+        anonymous: Peer,
+        presented: bytes,
+        in_force: bytes | None,
+        verify: Callable[[], Peer | None],
+    ) -> Peer | Limited | None:
+        """``verify()`` under the budget: the peer it admits, :class:`Limited`, or ``None``.
+
+        ``in_force`` is the credential now in force for this kind of attempt (the token, the
+        stored password, a PAM marker); a remembered success counts only while it is unchanged.
+        Loopback clients are never limited.
+        """
+        digest = hashlib.blake2b(presented, key=self._key, digest_size=16).digest()
+        slot = (anonymous.address, anonymous.via_proxy, digest)
+        known = self._known.get(slot)
+        if (
+            known is not None
+            and in_force is not None
+            and known[1] == in_force
+            and known[0] > time.monotonic()
+        ):
+            return known[2]
+        client = anonymous.address
+        limited = not exempt(client)
+        if limited:
+            spent = self.budget.spend(client or "unknown")
+            if not spent.allowed:
+                return Limited(spent.retry_after)
+        peer = verify()
+        if peer is None:
+            return None
+        if limited:
+            self.budget.refund(client or "unknown")
+        if in_force is not None:
+            if len(self._known) >= _KNOWN_LIMIT:
+                self._known.clear()
+            self._known[slot] = (time.monotonic() + self.remember, in_force, peer)
+        return peer
