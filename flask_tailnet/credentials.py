@@ -8,24 +8,31 @@ so a bad credential of one kind is never rescued by another.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from .attempts import Attempts, Limited
+from .gate import PROXY_FIX_ORIG, SAFE_METHODS
+from .hosts import cross_site
 from .pamauth import PamVerifier
 from .passwords import PasswordSource
 from .peer import Peer, logged_in
 from .secretfile import SecretFile
+from .sessions import SessionCodec, SessionMethod
 
 
 class Decision(enum.Enum):
-    DENY = "deny"
+    DENY = "deny"  # 401: the credential is wrong
+    FORBID = "forbid"  # 403: a cross-site request riding on a session cookie
 
 
 DENY = Decision.DENY
-StepResult = Peer | Decision | None
+FORBID = Decision.FORBID
+StepResult = Peer | Decision | Limited | None
 
 
 class Step(Protocol):
@@ -60,24 +67,118 @@ def secret_matches(presented: bytes, secret: bytes | None) -> bool:
 
 
 class BearerToken:
-    """``Authorization: Bearer <token>`` against the app's token file.
+    """``Authorization: Bearer <token>`` against the app's token file, under the attempt budget.
 
     Passes when there is no bearer header. Denies an empty, wrong or non-ASCII token, and every
-    token while the token file is missing-and-uncreatable, untrusted or empty. The token file is
-    created on first need. The step is the bound method :meth:`check`.
+    token while the token file is missing-and-uncreatable, untrusted or empty; a client over its
+    budget is :class:`Limited` before its token is compared. The token file is created on first
+    need. The step is the bound method :meth:`check`.
     """
 
-    def __init__(self, token_file: SecretFile) -> None:
+    def __init__(self, token_file: SecretFile, attempts: Attempts) -> None:
         self.token_file = token_file
+        self.attempts = attempts
         self._read = token_file.read
 
     def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         presented = bearer_credential(environ.get("HTTP_AUTHORIZATION"))
         if presented is None:
             return None
-        if secret_matches(presented, self._read(create=True)):
-            return logged_in(peer, "token")
-        return DENY
+        token = self._read(create=True)
+        result = self.attempts.check(
+            peer,
+            presented,
+            token,
+            lambda: logged_in(peer, "token") if secret_matches(presented, token) else None,
+        )
+        return DENY if result is None else result
+
+
+def basic_credential(header: object) -> tuple[str, str] | None:
+    """(username, password) of an ``Authorization: Basic`` header value, or ``None`` when the
+    header is absent or of another scheme. A malformed Basic value (bad base64, no colon, not
+    UTF-8) gives ``("", "")``, which matches nothing."""
+    if not isinstance(header, str):
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return "", ""
+    username, colon, password = decoded.partition(":")
+    return (username, password) if colon else ("", "")
+
+
+class BasicAuth:
+    """``Authorization: Basic`` with the login form's credential, under the attempt budget.
+
+    The username matters for PAM only. Passes when there is no Basic header; denies a malformed
+    or wrong one.
+    """
+
+    def __init__(self, credentials: LoginCredentials, attempts: Attempts) -> None:
+        self.credentials = credentials
+        self.attempts = attempts
+
+    def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+        pair = basic_credential(environ.get("HTTP_AUTHORIZATION"))
+        if pair is None:
+            return None
+        username, password = pair
+        if not password:
+            return DENY
+
+        def verify() -> Peer | None:
+            found = self.credentials.check(username, password)
+            return None if found is None else logged_in(peer, found[0], found[1])
+
+        presented = f"{username}\x00{password}".encode("utf-8", "surrogateescape")
+        result = self.attempts.check(peer, presented, self.credentials.in_force(), verify)
+        return DENY if result is None else result
+
+
+class SessionCookie:
+    """The signed session cookie of a browser that logged in.
+
+    Passes when there is no valid cookie (a stale one is not an error: the browser is sent to the
+    login page). A cookie-authenticated unsafe request or WebSocket upgrade from another site is
+    refused (403), as on the loopback bypass.
+    """
+
+    def __init__(self, name: str, codec: SessionCodec, credentials: LoginCredentials) -> None:
+        self.name = name
+        self.codec = codec
+        self.credentials = credentials
+        self._prefix = name + "="
+
+    def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+        header = environ.get("HTTP_COOKIE")
+        if not header or self._prefix not in header:
+            return None
+        session = self.codec.open(
+            cookie_value(header, self.name), self.credentials.session_credential
+        )
+        if session is None:
+            return None
+        if session.method == "pam" and not self.credentials.pam_user_allowed(session.user):
+            return None
+        if environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ:
+            host = environ.get(PROXY_FIX_ORIG, environ).get("HTTP_HOST")
+            if cross_site(environ, host):
+                return FORBID
+        return logged_in(peer, "session", session.user)
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header (the last one wins), or ``None``."""
+    found = None
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            found = value.strip().strip('"')
+    return found
 
 
 LoginMethod = Literal["pam", "password", "token"]
@@ -157,6 +258,24 @@ class LoginCredentials:
             return "password", None
         return None
 
+    def in_force(self) -> bytes:
+        """A marker of every credential now in force; it changes when any of them changes."""
+        password = self.passwords.current()
+        return b"\x00".join(
+            (
+                self.token_file.read() or b"",
+                b"" if password is None else password.stored,
+                self.resolve().method.encode(),
+            )
+        )
+
+    def session_credential(self, method: SessionMethod) -> bytes | None:
+        """What a session made with ``method`` is bound to now (see :meth:`credential`)."""
+        return self.credential(method)
+
+    def pam_user_allowed(self, user: str | None) -> bool:
+        return self.pam is not None and user is not None and user in self.pam.users
+
     def credential(self, method: str, user: str | None = None) -> bytes | None:
         """The credential in force for ``method`` (what a session's fingerprint is made from), or
         ``None`` when that method cannot log anyone in now."""
@@ -165,6 +284,8 @@ class LoginCredentials:
         if method == "password":
             password = self.passwords.current()
             return None if password is None else password.stored
-        if method == "pam" and self.pam is not None and user in self.pam.users:
-            return f"pam:{self.pam.service}:{user}".encode()
+        if method == "pam" and self.pam is not None:
+            # A stable marker, never the password: PAM sessions end by logout, lifetime, or a new
+            # session key; the user's membership is checked separately.
+            return f"pam:{self.pam.service}".encode()
         return None

@@ -14,16 +14,30 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Flask, request
+from flask import Flask, redirect, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
+from . import login
 from . import settings as settings_module
 from .addresses import Policy
-from .credentials import DENY, BearerToken, Step
+from .attempts import Attempts, Limited
+from .credentials import (
+    DENY,
+    FORBID,
+    BasicAuth,
+    BearerToken,
+    LoginCredentials,
+    SessionCookie,
+    Step,
+)
 from .gate import Gate, Outcome
+from .pamauth import PamVerifier, pam_problem
+from .passwords import PASSWORD_FILE, PasswordSource
 from .peer import NOBODY, Peer
+from .ratelimit import AttemptBudget
 from .secretfile import SecretFile, UnsafeSecretFile, ensure_private_dir
+from .sessions import SessionCodec
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -34,6 +48,7 @@ log = logging.getLogger("flask_tailnet")
 PEER_KEY = "flask_tailnet.peer"
 EXTENSION_KEY = "tailnet"
 TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+SESSION_KEY_FILE = "session_key"
 _EXEMPT_ATTR = "_tailnet_exempt"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,6 +92,9 @@ class GuardState:
     settings: settings_module.Settings
     gate: Gate
     token_file: SecretFile
+    credentials: LoginCredentials
+    sessions: SessionCodec
+    attempts: Attempts
     steps: tuple[Step, ...]
 
 
@@ -101,24 +119,14 @@ class TailnetGuard:
         config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
         config.update(self._overrides)
         conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
-        token_file = SecretFile(conf.state_dir, TOKEN_FILE)
-        state = GuardState(
-            settings=conf,
-            gate=Gate(
-                policy=Policy(conf.network, conf.allowlist),
-                allowed_hosts=conf.allowed_hosts,
-                trusted_proxies=conf.trusted_proxies,
-                local_bypass=conf.local_bypass,
-            ),
-            token_file=token_file,
-            steps=(BearerToken(token_file).check,),
-        )
+        state = build_state(conf, app.name)
         if conf.state_dir.exists():
             try:
                 ensure_private_dir(conf.state_dir)
             except UnsafeSecretFile as exc:
-                log.error("flask-tailnet: %s; token authentication is refused until fixed", exc)
+                log.error("flask-tailnet: %s; every credential is refused until fixed", exc)
         app.extensions[EXTENSION_KEY] = state
+        app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
 
     @staticmethod
@@ -129,22 +137,93 @@ class TailnetGuard:
         return view
 
 
-class Refusals:
-    """The slow paths of the guard: exempt views and refusals through the app's error handlers."""
+def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
+    """Everything one app's guard needs, from validated settings. Raises
+    :class:`~flask_tailnet.ConfigurationError` when a chosen method cannot work here."""
+    token_file = SecretFile(conf.state_dir, TOKEN_FILE)
+    problem = pam_problem(conf.pam_service)
+    pam = None
+    if problem is None and conf.auth in ("auto", "pam"):
+        try:
+            pam = PamVerifier(conf.pam_service, conf.pam_users)
+        except (TypeError, ValueError) as exc:
+            raise settings_module.ConfigurationError(
+                f"{settings_module.PAM_USERS}: {exc}"
+            ) from None
+    if conf.auth == "pam" and pam is None:
+        raise settings_module.ConfigurationError(
+            f"TAILNET_AUTH is 'pam', but PAM cannot be used: {problem}"
+        )
+    passwords = PasswordSource(conf.password_env, SecretFile(conf.state_dir, PASSWORD_FILE))
+    if conf.auth == "password" and passwords.current() is None:
+        raise settings_module.ConfigurationError(
+            f"TAILNET_AUTH is 'password', but no password is set: set the environment variable "
+            f"{conf.password_env}, or run: flask tailnet password"
+        )
+    try:
+        budget = AttemptBudget(conf.login_limits, conf.ratelimit_storage_uri, namespace=namespace)
+    except ValueError as exc:
+        raise settings_module.ConfigurationError(str(exc)) from None
+    attempts = Attempts(budget)
+    credentials = LoginCredentials(conf.auth, token_file, passwords, pam, problem)
+    sessions = SessionCodec(SecretFile(conf.state_dir, SESSION_KEY_FILE), conf.session_lifetime)
+    return GuardState(
+        settings=conf,
+        gate=Gate(
+            policy=Policy(conf.network, conf.allowlist),
+            allowed_hosts=conf.allowed_hosts,
+            trusted_proxies=conf.trusted_proxies,
+            local_bypass=conf.local_bypass,
+        ),
+        token_file=token_file,
+        credentials=credentials,
+        sessions=sessions,
+        attempts=attempts,
+        steps=(
+            SessionCookie(conf.cookie_name, sessions, credentials).check,
+            BearerToken(token_file, attempts).check,
+            BasicAuth(credentials, attempts).check,
+        ),
+    )
 
-    def __init__(self, app: Flask, wsgi_app: WSGIApplication, realm: str) -> None:
+
+class Refusals:
+    """The slow paths of the guard: exempt views, logins, and refusals through the app's error
+    handlers."""
+
+    def __init__(self, app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
-        self.realm = realm
+        self.state = state
 
-    def unauthenticated(self, environ: WSGIEnvironment) -> Unauthorized | None:
-        """The 401 for a request without a valid credential, or ``None`` when its view is exempt
-        (the app then serves it to the anonymous peer)."""
+    def unauthenticated(
+        self, environ: WSGIEnvironment, anonymous: Peer
+    ) -> WSGIApplication | exceptions.HTTPException | None:
+        """What to answer a request without a valid credential: a ``?token=`` login (a
+        response), ``None`` when its view is exempt (the app then serves it to the anonymous
+        peer), a redirect to the login page for a browser's GET, else 401."""
+        link = login.token_link(self.state, environ, anonymous)
+        if link is not None:
+            return link
         with self.app.request_context(environ):
             view = self.app.view_functions.get(request.endpoint or "")
         if getattr(view, _EXEMPT_ATTR, False) is True:
             return None
-        return Unauthorized(self.realm)
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and login.prefers_html(environ):
+            response = redirect(login.login_url(self.state, environ), 303)
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        return Unauthorized(self.state.settings.realm)
+
+    def denied(
+        self, environ: WSGIEnvironment, result: object, anonymous: Peer
+    ) -> WSGIApplication | exceptions.HTTPException | None:
+        """The answer to a cascade that did not admit the peer (see :meth:`unauthenticated`)."""
+        if isinstance(result, Limited):
+            return login.too_many(result.retry_after)
+        if result is FORBID:
+            return Forbidden()
+        return self.unauthenticated(environ, anonymous)
 
     def refuse(
         self,
@@ -176,7 +255,7 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
     """
     admit = state.gate.admit
     steps = state.steps
-    slow = Refusals(app, wsgi_app, state.settings.realm)
+    slow = Refusals(app, wsgi_app, state)
     serve, authenticate, deny, peer_key = Outcome.SERVE, Outcome.AUTHENTICATE, DENY, PEER_KEY
 
     def guard(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -194,10 +273,12 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
                         break
                 else:
                     result = deny
-                if result is deny:
-                    error = slow.unauthenticated(environ)
-                    if error is not None:
-                        return slow.refuse(environ, start_response, error)
+                if result.__class__ is not Peer:
+                    answer = slow.denied(environ, result, peer)
+                    if answer is not None:
+                        if isinstance(answer, exceptions.HTTPException):
+                            return slow.refuse(environ, start_response, answer)
+                        return answer(environ, start_response)
                 else:
                     peer = result
         except Exception:

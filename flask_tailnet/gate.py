@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .addresses import IPAddress, Network, Policy, in_networks, parse_ip
-from .hosts import HostCheck, HostRule, same_origin
+from .hosts import HostCheck, HostRule, cross_site
 from .peer import Peer
 from .proxies import FUNNEL_KEY, PROXY_HEADER_KEYS, forwarded_client
 
 log = logging.getLogger("flask_tailnet")
 
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CACHE_LIMIT = 4096
 #: werkzeug's ProxyFix keeps the socket's values here when it rewrites REMOTE_ADDR and HTTP_HOST.
 PROXY_FIX_ORIG = "werkzeug.proxy_fix.orig"
@@ -91,8 +91,8 @@ class Gate:
             return self._proxied(environ, route)
         if (
             route.bypass
-            and (environ.get("REQUEST_METHOD") not in _SAFE_METHODS or "HTTP_UPGRADE" in environ)
-            and _cross_site(environ, key[1])
+            and (environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ)
+            and cross_site(environ, key[1])
         ):
             return REFUSED
         return route.verdict
@@ -148,14 +148,3 @@ class Gate:
                 self._routes.clear()
             self._routes[key] = route
         return route
-
-
-def _cross_site(environ: Mapping[str, Any], host: object) -> bool:
-    """True if a browser sent this request from another site: ``Sec-Fetch-Site: cross-site``, or
-    an ``Origin`` (``null`` included) that is not this request's scheme and Host."""
-    if str(environ.get("HTTP_SEC_FETCH_SITE", "")).lower() == "cross-site":
-        return True
-    origin = environ.get("HTTP_ORIGIN")
-    if origin is None:
-        return False
-    return not same_origin(origin, host, environ.get("wsgi.url_scheme", "http"))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .addresses import IPAddress, parse_ip
 
@@ -147,3 +148,17 @@ def same_origin(origin: object, host: object, scheme: str) -> bool:
         return False
     default = _DEFAULT_PORTS.get(scheme, "")
     return (ours[0], ours[2] or default) == (theirs[0], theirs[2] or default)
+
+
+def cross_site(environ: Mapping[str, Any], host: object) -> bool:
+    """True if a browser sent this request from another site: ``Sec-Fetch-Site: cross-site``, or
+    an ``Origin`` (``null`` included) that is not this request's scheme and Host. A request
+    without ``Origin`` (curl, scripts) is not cross-site. The scheme is the one the client used:
+    ``X-Forwarded-Proto`` when present (a cross-site page cannot set it), else the socket's."""
+    if str(environ.get("HTTP_SEC_FETCH_SITE", "")).lower() == "cross-site":
+        return True
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        return False
+    scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
+    return not same_origin(origin, host, str(scheme).strip().lower())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-#: How a peer got in. ``"none"``: it did not (an exempt view served to an anonymous peer).
-Method = Literal["loopback", "token", "none"]
+#: How a peer got in: the loopback bypass, the bearer token, a session cookie, the password or PAM
+#: (Basic auth). ``"none"``: it did not (an exempt view served to an anonymous peer).
+Method = Literal["loopback", "token", "session", "password", "pam", "none"]
 
 
 @dataclass(frozen=True, slots=True)
