@@ -21,10 +21,12 @@ Importing this module has no side effects; everything happens in :func:`main`.
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import hmac
 import io
 import logging
+import os
 import platform
 import shutil
 import statistics
@@ -58,10 +60,17 @@ TN_TOKEN = "flask-tailnet, token"
 TG_LOOPBACK = "tailnet-guard, loopback+token"
 TG_TOKEN = "tailnet-guard, token"
 HTTPAUTH_TOKEN = "Flask-HTTPAuth, token"
+TN_SESSION = "flask-tailnet, session cookie"
+TN_BASIC = "flask-tailnet, Basic password"
+#: The password of the Basic variant, set in the environment variable the guard reads.
+BASIC_PASSWORD_ENV = "BENCH_TAILNET_PASSWORD"
+BASIC_PASSWORD = "correct horse battery staple"
 
 #: The goals: flask-tailnet's ratio to bare Flask must not exceed these.
 LOOPBACK_LIMIT = 1.03
 TOKEN_LIMIT = 1.08
+SESSION_LIMIT = 1.12
+BASIC_LIMIT = 1.15
 
 DEFAULT_ROUNDS = 40
 DEFAULT_BATCH = 2000
@@ -72,7 +81,9 @@ QUICK_BATCH = 300
 # --- WSGI plumbing ----------------------------------------------------------------------------
 
 
-def make_environ(remote_addr: str, host: str, authorization: str | None = None) -> WSGIEnvironment:
+def make_environ(
+    remote_addr: str, host: str, authorization: str | None = None, cookie: str | None = None
+) -> WSGIEnvironment:
     """A GET / environ as a WSGI server would build it for an HTTP/1.1 request."""
     server_name, _, server_port = host.rpartition(":")
     environ: WSGIEnvironment = {
@@ -99,6 +110,8 @@ def make_environ(remote_addr: str, host: str, authorization: str | None = None) 
     }
     if authorization is not None:
         environ["HTTP_AUTHORIZATION"] = authorization
+    if cookie is not None:
+        environ["HTTP_COOKIE"] = cookie
     return environ
 
 
@@ -188,7 +201,27 @@ def tailnet_variants(state_dir: Path) -> tuple[list[Variant], str]:
     app = hello_app("bench_tailnet")
     TailnetGuard(app, state_dir=state_dir)
     token = app.extensions["tailnet"].token_file.ensure().decode()
+    codec = app.extensions["tailnet"].sessions
+    cookie = codec.issue(user=None, method="token", credential=token.encode())
+    os.environ[BASIC_PASSWORD_ENV] = BASIC_PASSWORD
+    basic_app = hello_app("bench_tailnet_basic")
+    TailnetGuard(
+        basic_app, state_dir=state_dir / "basic", auth="password", password_env=BASIC_PASSWORD_ENV
+    )
+    basic = base64.b64encode(f"me:{BASIC_PASSWORD}".encode()).decode()
     return [
+        Variant(
+            TN_SESSION,
+            app,
+            make_environ(TAILNET_ADDR, TAILNET_HOST, cookie=f"tailnet_session={cookie}"),
+            f"{TAILNET_ADDR}, Cookie: tailnet_session (made with the token)",
+        ),
+        Variant(
+            TN_BASIC,
+            basic_app,
+            make_environ(TAILNET_ADDR, TAILNET_HOST, f"Basic {basic}"),
+            f"{TAILNET_ADDR}, Authorization: Basic, password from {BASIC_PASSWORD_ENV}",
+        ),
         Variant(
             TN_LOOPBACK,
             app,
@@ -366,6 +399,8 @@ def evaluate_goals(results: dict[str, Result]) -> list[Goal]:
     for text, value, limit in (
         (f"loopback <= {LOOPBACK_LIMIT:.2f}x bare", loopback, LOOPBACK_LIMIT),
         (f"token <= {TOKEN_LIMIT:.2f}x bare", token, TOKEN_LIMIT),
+        (f"session <= {SESSION_LIMIT:.2f}x bare", results[TN_SESSION].ratio, SESSION_LIMIT),
+        (f"Basic password <= {BASIC_LIMIT:.2f}x bare", results[TN_BASIC].ratio, BASIC_LIMIT),
     ):
         ok = value <= limit
         margin = (value - limit) * 100

@@ -62,6 +62,16 @@ def app(app_factory: Callable[..., Flask]) -> Flask:
     return app_factory()
 
 
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def password_app(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
+    """An app whose people log in with PASSWORD, from the variable TAILNET_TEST_PASSWORD."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    return make_app(state_dir, auth="password", password_env="TAILNET_TEST_PASSWORD")
+
+
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()

@@ -20,17 +20,10 @@ from flask_tailnet import ConfigurationError
 from flask_tailnet.passwords import PasswordSource
 from flask_tailnet.secretfile import SecretFile
 
-from .conftest import TAILNET_HOST, TAILNET_PEER, PamUser, make_app
+from .conftest import PASSWORD, TAILNET_HOST, TAILNET_PEER, PamUser, make_app
 
-PASSWORD = "correct horse battery staple"
 HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 ORIGIN = f"http://{TAILNET_HOST}"
-
-
-@pytest.fixture
-def password_app(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
-    return make_app(state_dir, auth="password", password_env="TAILNET_TEST_PASSWORD")
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""One test per line of shared/reference/pitfalls.md that this release covers: each fails if the
-hole it names comes back. Lines 7, 11 and 13 (sessions, brute force, binds) arrive with the
-browser-login and gunicorn releases; docs/security.md says so."""
+"""One test per line of shared/reference/pitfalls.md: each fails if the hole it names comes back.
+Line 13 (binds) arrives with the gunicorn release; docs/security.md says so."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from pathlib import Path
@@ -14,7 +14,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
+from . import test_login as login
+from .conftest import PASSWORD, TAILNET_HOST, TAILNET_PEER, call, make_app
 
 
 def remote(client: Any, **kw: Any) -> Any:
@@ -186,3 +187,54 @@ def test_12_tokens_compared_with_compare_digest_on_bytes(
     assert seen
     assert all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in seen)
     assert remote(client, headers={"Authorization": "Bearer \u2603"}).status_code == 401
+
+
+# 7. Sessions that outlive a rotated secret (Jupyter #1566).
+def test_7_sessions_end_when_their_credential_rotates(
+    password_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = password_app.extensions["tailnet"].token_file
+    by_token, by_password = password_app.test_client(), password_app.test_client()
+    assert login.submit(by_token, token_file.ensure().decode()).status_code == 303
+    assert login.submit(by_password, PASSWORD).status_code == 303
+    token_file.rotate()
+    assert login.remote(by_token).status_code == 401
+    assert login.remote(by_password).status_code == 200
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", "rotated")
+    assert login.remote(by_password).status_code == 401
+
+
+# 8. A credential stored in the cookie (code-server #7696).
+def test_8_cookie_holds_neither_credential_nor_hash(password_app: Flask) -> None:
+    client = password_app.test_client()
+    login.submit(client, PASSWORD)
+    cookie = login.session_cookie(client) or ""
+    assert cookie
+    assert PASSWORD not in cookie
+    for algo in ("sha256", "sha1", "md5"):
+        digest = hashlib.new(algo, PASSWORD.encode()).hexdigest()
+        assert digest not in cookie
+
+
+# 9 (continued). The login redirect never leaves the site, and a token link drops the token.
+def test_9_login_next_is_no_open_redirect_and_token_links_are_cleaned(
+    password_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = password_app.test_client()
+    response = login.submit(client, PASSWORD, next_="//evil.example/steal")
+    assert response.headers["Location"] == "/"
+    token = password_app.extensions["tailnet"].token_file.ensure().decode()
+    with caplog.at_level(logging.DEBUG):
+        link = login.remote(password_app.test_client(), f"/?token={token}", headers=login.HTML)
+    assert link.status_code == 303
+    assert token not in link.headers["Location"]
+    assert token not in caplog.text
+
+
+# 11. Brute force: a per-client budget, and PAM is never called for a client over it.
+def test_11_brute_force_is_refused_before_the_check(password_app: Flask) -> None:
+    client = password_app.test_client()
+    wrong = login.basic("x", "wrong")
+    statuses = [login.remote(client, headers=wrong).status_code for _ in range(8)]
+    assert statuses == [401] * 5 + [429] * 3
+    assert login.remote(client, headers=login.basic("x", PASSWORD)).status_code == 429
