@@ -11,13 +11,22 @@ lookup, not a round trip to the limiter's storage (and not a PAM conversation) p
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .peer import Peer
+from .peer import Peer, logged_in
 from .ratelimit import AttemptBudget, exempt
+
+
+def secret_matches(presented: bytes, secret: bytes | None) -> bool:
+    """Constant-time comparison of bytes. False when either side is empty or absent."""
+    if not presented or not secret:
+        return False
+    return hmac.compare_digest(presented, secret)
+
 
 _KNOWN_LIMIT = 4096
 
@@ -36,13 +45,39 @@ class Attempts:
         self.budget = budget
         self.remember = remember
         self._key = os.urandom(32)
-        self._known: dict[tuple[str | None, bool, bytes], tuple[float, bytes, Peer]] = {}
+        self._known: dict[tuple[str | None, bool, bytes], tuple[float, object, Peer]] = {}
+        self._token_clients: dict[tuple[str | None, bool], bytes] = {}
+
+    def check_token(
+        self, anonymous: Peer, presented: bytes, token: bytes | None
+    ) -> Peer | Limited | None:
+        """The bearer token under the budget. A client whose last token attempt succeeded with
+        this very token (the same object: the token file has not changed since) is compared
+        directly, in constant time; any other attempt spends first. A failure forgets the
+        client, so its next guesses spend first too."""
+        slot = (anonymous.address, anonymous.via_proxy)
+        known = token is not None and self._token_clients.get(slot) is token
+        if known and secret_matches(presented, token):
+            return logged_in(anonymous, "token")
+        result = self.check(
+            anonymous,
+            presented,
+            None,
+            lambda: logged_in(anonymous, "token") if secret_matches(presented, token) else None,
+        )
+        if isinstance(result, Peer) and token is not None:
+            if len(self._token_clients) >= _KNOWN_LIMIT:
+                self._token_clients.clear()
+            self._token_clients[slot] = token
+        else:
+            self._token_clients.pop(slot, None)
+        return result
 
     def check(
         self,
         anonymous: Peer,
         presented: bytes,
-        in_force: bytes | None,
+        in_force: object,
         verify: Callable[[], Peer | None],
     ) -> Peer | Limited | None:
         """``verify()`` under the budget: the peer it admits, :class:`Limited`, or ``None``.

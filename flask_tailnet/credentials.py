@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import base64
 import enum
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .attempts import Attempts, Limited
+from .attempts import Attempts, Limited, secret_matches
 from .gate import PROXY_FIX_ORIG, SAFE_METHODS
 from .hosts import cross_site
 from .pamauth import PamVerifier
-from .passwords import PasswordSource
+from .passwords import Password, PasswordSource
 from .peer import Peer, logged_in
 from .secretfile import SecretFile
 from .sessions import SessionCodec, SessionMethod
@@ -59,13 +58,6 @@ def bearer_credential(header: object) -> bytes | None:
         return b""
 
 
-def secret_matches(presented: bytes, secret: bytes | None) -> bool:
-    """Constant-time comparison of bytes. False when either side is empty or absent."""
-    if not presented or not secret:
-        return False
-    return hmac.compare_digest(presented, secret)
-
-
 class BearerToken:
     """``Authorization: Bearer <token>`` against the app's token file, under the attempt budget.
 
@@ -84,13 +76,7 @@ class BearerToken:
         presented = bearer_credential(environ.get("HTTP_AUTHORIZATION"))
         if presented is None:
             return None
-        token = self._read(create=True)
-        result = self.attempts.check(
-            peer,
-            presented,
-            token,
-            lambda: logged_in(peer, "token") if secret_matches(presented, token) else None,
-        )
+        result = self.attempts.check_token(peer, presented, self._read(create=True))
         return DENY if result is None else result
 
 
@@ -214,6 +200,13 @@ class LoginCredentials:
         self.pam = pam
         self.pam_problem = pam_problem
 
+    def _method(self, password: Password | None) -> LoginMethod:
+        if self.mode == "token":
+            return "token"
+        if self.mode == "pam" or (self.mode == "auto" and self.pam is not None):
+            return "pam"
+        return "password" if password is not None or self.mode == "password" else "token"
+
     def resolve(self) -> Resolution:
         """The method in force now."""
         if self.mode == "token":
@@ -250,7 +243,7 @@ class LoginCredentials:
             presented = b""
         if secret_matches(presented, self.token_file.read(create=True)):
             return "token", None
-        method = self.resolve().method
+        method = self._method(self.passwords.current())
         if method == "pam":
             if self.pam is not None and username and self.pam.verify(username, secret):
                 return "pam", username
@@ -258,15 +251,13 @@ class LoginCredentials:
             return "password", None
         return None
 
-    def in_force(self) -> bytes:
+    def in_force(self) -> tuple[bytes | None, bytes | None, LoginMethod]:
         """A marker of every credential now in force; it changes when any of them changes."""
         password = self.passwords.current()
-        return b"\x00".join(
-            (
-                self.token_file.read() or b"",
-                b"" if password is None else password.stored,
-                self.resolve().method.encode(),
-            )
+        return (
+            self.token_file.read(),
+            None if password is None else password.stored,
+            self._method(password),
         )
 
     def session_credential(self, method: SessionMethod) -> bytes | None:

@@ -516,3 +516,19 @@ def test_unusable_methods_fail_at_start(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make_app(state_dir, **settings)
+
+
+def test_token_client_that_succeeded_still_spends_on_failures(
+    browser: FlaskClient, password_app: Flask
+) -> None:
+    token = password_app.extensions["tailnet"].token_file.ensure().decode()
+    good, bad = {"Authorization": f"Bearer {token}"}, {"Authorization": "Bearer wrong"}
+    for _ in range(3):
+        assert remote(browser, headers=good).status_code == 200
+    for _ in range(5):
+        assert remote(browser, headers=bad).status_code == 401
+    assert remote(browser, headers=bad).status_code == 429
+    assert remote(browser, headers=good).status_code == 429  # refused before any comparison
+    password_app.extensions["tailnet"].token_file.rotate()
+    other = remote(browser, headers=good, peer="100.64.0.9")
+    assert other.status_code == 401  # the old token, from a fresh client

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from flask_tailnet.attempts import secret_matches
 from flask_tailnet.cli import tailnet
-from flask_tailnet.credentials import secret_matches
 from flask_tailnet.secretfile import SecretFile, UnsafeSecretFile
 
 from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
