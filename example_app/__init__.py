@@ -31,6 +31,9 @@ PAGE = """<!doctype html>
   <h1>Hello from flask-tailnet</h1>
   <p>You are <code>{{ peer.address }}</code>, let in by <code>{{ peer.method }}</code>.</p>
   <p>The same, as JSON: <a href="/api/whoami">/api/whoami</a>.</p>
+  {% if peer.method == "session" %}
+  <form method="post" action="{{ logout }}"><button type="submit">Sign out</button></form>
+  {% endif %}
 </body>
 </html>
 """
@@ -46,12 +49,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/")
     def index() -> ResponseReturnValue:
-        return render_template_string(PAGE, peer=current_peer)
+        logout = app.extensions["tailnet"].settings.login_prefix + "/logout"
+        return render_template_string(PAGE, peer=current_peer, logout=logout)
 
     @app.get("/api/whoami")
     def whoami() -> ResponseReturnValue:
         return jsonify(
-            address=current_peer.address, method=current_peer.method, local=current_peer.local
+            address=current_peer.address,
+            method=current_peer.method,
+            user=current_peer.user,
+            local=current_peer.local,
         )
 
     @app.get("/healthz")

@@ -166,12 +166,18 @@ def test_tailnet_peer_needs_the_token(server_v4: Server) -> None:
     assert status == 401
     token = server_v4.cli("token")
     status, body = server_v4.request(CLIENT_V4, headers={"Authorization": f"Bearer {token}"})
-    assert (status, body) == (200, {"address": CLIENT_V4, "method": "token", "local": False})
+    assert (status, body) == (
+        200,
+        {"address": CLIENT_V4, "method": "token", "user": None, "local": False},
+    )
 
 
 def test_loopback_peer_needs_nothing(server_v4: Server) -> None:
     status, body = server_v4.request("127.0.0.1")
-    assert (status, body) == (200, {"address": "127.0.0.1", "method": "loopback", "local": True})
+    assert (status, body) == (
+        200,
+        {"address": "127.0.0.1", "method": "loopback", "user": None, "local": True},
+    )
 
 
 def test_spoofed_forwarded_for_gets_no_bypass(server_v4: Server) -> None:
@@ -207,6 +213,12 @@ def test_ipv6_tailnet_peer(server_v6: Server) -> None:
     assert server_v6.request(CLIENT_V6)[0] == 401
     token = server_v6.cli("token")
     status, body = server_v6.request(CLIENT_V6, headers={"Authorization": f"Bearer {token}"})
-    assert (status, body) == (200, {"address": CLIENT_V6, "method": "token", "local": False})
+    assert (status, body) == (
+        200,
+        {"address": CLIENT_V6, "method": "token", "user": None, "local": False},
+    )
     status, body = server_v6.request("::1")
-    assert (status, body) == (200, {"address": "::1", "method": "loopback", "local": True})
+    assert (status, body) == (
+        200,
+        {"address": "::1", "method": "loopback", "user": None, "local": True},
+    )
