@@ -77,13 +77,14 @@ class Attempts:
         self,
         anonymous: Peer,
         presented: bytes,
-        in_force: object,
+        in_force: Callable[[Peer], object] | None,
         verify: Callable[[], Peer | None],
     ) -> Peer | Limited | None:
         """``verify()`` under the budget: the peer it admits, :class:`Limited`, or ``None``.
 
-        ``in_force`` is the credential now in force for this kind of attempt (the token, the
-        stored password, a PAM marker); a remembered success counts only while it is unchanged.
+        ``in_force(peer)`` tells what credential the way ``peer`` got in depends on now (the
+        token, the stored password, a PAM marker); a remembered success counts only while that
+        is unchanged, and for at most ``remember`` seconds. ``None``: remember nothing.
         Loopback clients are never limited.
         """
         digest = hashlib.blake2b(presented, key=self._key, digest_size=16).digest()
@@ -92,8 +93,8 @@ class Attempts:
         if (
             known is not None
             and in_force is not None
-            and known[1] == in_force
             and known[0] > time.monotonic()
+            and known[1] == in_force(known[2])
         ):
             return known[2]
         client = anonymous.address
@@ -107,8 +108,9 @@ class Attempts:
             return None
         if limited:
             self.budget.refund(client or "unknown")
-        if in_force is not None:
+        marker = None if in_force is None else in_force(peer)
+        if marker is not None:
             if len(self._known) >= _KNOWN_LIMIT:
                 self._known.clear()
-            self._known[slot] = (time.monotonic() + self.remember, in_force, peer)
+            self._known[slot] = (time.monotonic() + self.remember, marker, peer)
         return peer

@@ -121,7 +121,7 @@ class BasicAuth:
             return None if found is None else logged_in(peer, found[0], found[1])
 
         presented = f"{username}\x00{password}".encode("utf-8", "surrogateescape")
-        result = self.attempts.check(peer, presented, self.credentials.in_force(), verify)
+        result = self.attempts.check(peer, presented, self.credentials.in_force, verify)
         return DENY if result is None else result
 
 
@@ -251,14 +251,18 @@ class LoginCredentials:
             return "password", None
         return None
 
-    def in_force(self) -> tuple[bytes | None, bytes | None, LoginMethod]:
-        """A marker of every credential now in force; it changes when any of them changes."""
+    def in_force(self, peer: Peer) -> object:
+        """What ``peer``'s way in depends on now: its credential, and for the resolved methods
+        the method itself (switching from PAM to a password ends remembered PAM logins)."""
+        if peer.method == "token":
+            return self.token_file.read()
         password = self.passwords.current()
-        return (
-            self.token_file.read(),
-            None if password is None else password.stored,
-            self._method(password),
-        )
+        method = self._method(password)
+        if peer.method != method:
+            return None
+        if method == "password":
+            return None if password is None else password.stored
+        return self.pam_user_allowed(peer.user)
 
     def session_credential(self, method: SessionMethod) -> bytes | None:
         """What a session made with ``method`` is bound to now (see :meth:`credential`)."""
