@@ -152,11 +152,17 @@ def same_origin(origin: object, host: object, scheme: str) -> bool:
 
 def cross_site(environ: Mapping[str, Any], host: object) -> bool:
     """True if a browser sent this request from another site: ``Sec-Fetch-Site: cross-site``, or
-    an ``Origin`` (``null`` included) that is not this request's scheme and Host. A request
-    without ``Origin`` (curl, scripts) is not cross-site. The scheme is the one the client used:
-    ``X-Forwarded-Proto`` when present (a cross-site page cannot set it), else the socket's."""
-    if str(environ.get("HTTP_SEC_FETCH_SITE", "")).lower() == "cross-site":
+    an ``Origin`` (``null`` included) that is not this request's scheme and Host, unless the
+    browser says ``Sec-Fetch-Site: same-origin`` (which a page cannot forge; browsers send
+    ``Origin: null`` on same-origin form posts from pages with ``Referrer-Policy: no-referrer``).
+    A request without ``Origin`` (curl, scripts) is not cross-site. The scheme is the one the
+    client used: ``X-Forwarded-Proto`` when present (a cross-site page cannot set it), else the
+    socket's."""
+    fetch_site = str(environ.get("HTTP_SEC_FETCH_SITE", "")).lower()
+    if fetch_site == "cross-site":
         return True
+    if fetch_site == "same-origin":
+        return False
     origin = environ.get("HTTP_ORIGIN")
     if origin is None:
         return False

@@ -239,6 +239,21 @@ CROSS_SITE = [
     pytest.param("POST", {"SEC_FETCH_SITE": "same-origin"}, SERVE, id="post-sec-fetch-same-origin"),
     pytest.param(
         "POST",
+        {"ORIGIN": "null", "SEC_FETCH_SITE": "same-origin"},
+        SERVE,
+        id="post-null-origin-from-no-referrer-page",
+    ),
+    pytest.param(
+        "POST",
+        {"ORIGIN": "http://localhost:8080", "SEC_FETCH_SITE": "same-site"},
+        REFUSE,
+        id="post-same-site-other-port",
+    ),
+    pytest.param(
+        "POST", {"ORIGIN": "null", "SEC_FETCH_SITE": "none"}, REFUSE, id="post-null-origin-none"
+    ),
+    pytest.param(
+        "POST",
         {"ORIGIN": "http://localhost:5000", "SEC_FETCH_SITE": "cross-site"},
         REFUSE,
         id="post-both-signals",
