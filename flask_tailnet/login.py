@@ -139,11 +139,7 @@ def blueprint(
             ask_username=method == "pam",
             username=username,
             secret_label="Token" if method == "token" else "Password",
-            hint=(
-                "Print the token on the server with: flask tailnet token"
-                if method == "token"
-                else "The token printed by `flask tailnet token` works here too."
-            ),
+            token_mode=method == "token",
             error=error,
         )
         response = make_response(body, status)

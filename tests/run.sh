@@ -21,6 +21,8 @@ if [ "$(id -u)" = 0 ]; then
         missing+=(libpam-modules)
     # rate limit tests (tests/test_ratelimit.py): each run starts its own redis-server on a free port
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    # the browser test (tests/test_browser.py): Debian's chromium, driven by Playwright
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "run.sh: installing ${missing[*]}"
         apt-get update -qq
