@@ -41,12 +41,12 @@ def ensure_private_dir(directory: Path) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(directory, 0o700)
-    problem = _directory_problem(directory)
+    problem = directory_problem(directory)
     if problem is not None:
         raise UnsafeSecretFile(problem)
 
 
-def _directory_problem(directory: Path) -> str | None:
+def directory_problem(directory: Path) -> str | None:
     try:
         st = os.lstat(directory)
     except OSError as exc:
@@ -146,7 +146,7 @@ class SecretFile:
                 self._publish(replace=False)
                 continue
             except OSError as exc:
-                problem = _directory_problem(self.directory)
+                problem = directory_problem(self.directory)
                 raise UnsafeSecretFile(
                     problem or f"{self._path} cannot be read ({exc.strerror})"
                 ) from None
@@ -161,6 +161,19 @@ class SecretFile:
         file or the new one, whole, never a partial one."""
         self._publish(replace=True)
         return self.ensure()
+
+    def problem(self) -> str | None:
+        """Why the file cannot be used now (missing, untrusted, empty), or ``None``; never the
+        content."""
+        try:
+            self._load(os.lstat(self._path))
+        except FileNotFoundError:
+            return "missing"
+        except (UnsafeSecretFile, _Changed) as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{self._path} cannot be read ({exc.strerror})"
+        return None
 
     def write(self, content: bytes) -> None:
         """Replace the file atomically with ``content`` (not empty), mode 0600 from creation."""
@@ -195,7 +208,7 @@ class SecretFile:
                 f"{path} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
                 f"run: chmod 600 {path}"
             )
-        problem = _directory_problem(self.directory)
+        problem = directory_problem(self.directory)
         if problem is not None:
             raise UnsafeSecretFile(problem)
         try:
