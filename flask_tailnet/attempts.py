@@ -46,7 +46,7 @@ class Attempts:
         self.remember = remember
         self._key = os.urandom(32)
         self._known: dict[tuple[str | None, bool, bytes], tuple[float, object, Peer]] = {}
-        self._token_clients: dict[tuple[str | None, bool], bytes] = {}
+        self._token_clients: dict[tuple[str | None, bool], tuple[bytes, Peer]] = {}
 
     def check_token(
         self, anonymous: Peer, presented: bytes, token: bytes | None
@@ -56,9 +56,9 @@ class Attempts:
         directly, in constant time; any other attempt spends first. A failure forgets the
         client, so its next guesses spend first too."""
         slot = (anonymous.address, anonymous.via_proxy)
-        known = token is not None and self._token_clients.get(slot) is token
-        if known and secret_matches(presented, token):
-            return logged_in(anonymous, "token")
+        known = self._token_clients.get(slot)
+        if known is not None and known[0] is token and secret_matches(presented, token):
+            return known[1]
         result = self.check(
             anonymous,
             presented,
@@ -68,7 +68,7 @@ class Attempts:
         if isinstance(result, Peer) and token is not None:
             if len(self._token_clients) >= _KNOWN_LIMIT:
                 self._token_clients.clear()
-            self._token_clients[slot] = token
+            self._token_clients[slot] = (token, result)
         else:
             self._token_clients.pop(slot, None)
         return result

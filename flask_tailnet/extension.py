@@ -179,9 +179,9 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
         credentials=credentials,
         sessions=sessions,
         attempts=attempts,
-        steps=(
-            SessionCookie(conf.cookie_name, sessions, credentials).check,
+        steps=(  # API clients' bearer token first: it is the most frequent and cheapest
             BearerToken(token_file, attempts).check,
+            SessionCookie(conf.cookie_name, sessions, credentials).check,
             BasicAuth(credentials, attempts).check,
         ),
     )
