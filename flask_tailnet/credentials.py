@@ -46,8 +46,10 @@ def bearer_credential(header: object) -> bytes | None:
     or unencodable credential; ``None`` when the header is absent or of another scheme."""
     if not isinstance(header, str):
         return None
-    if header.startswith("Bearer "):  # the usual spelling, without the general parse
+    if header.startswith("Bearer "):  # the usual spellings, without the general parse
         value = header[7:]
+    elif header.startswith("Basic "):
+        return None
     else:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer":
@@ -158,13 +160,16 @@ class SessionCookie:
 
 
 def cookie_value(header: str, name: str) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header (the last one wins), or ``None``."""
-    found = None
-    for part in header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == name:
-            found = value.strip().strip('"')
-    return found
+    """The value of the first cookie ``name`` in a ``Cookie`` header, or ``None``. A cookie whose
+    name merely ends with ``name`` does not count."""
+    prefix = name + "="
+    start = header.find(prefix)
+    while start > 0 and header[start - 1] not in " ;":
+        start = header.find(prefix, start + 1)
+    if start < 0:
+        return None
+    end = header.find(";", start)
+    return header[start + len(prefix) : end if end >= 0 else None].strip().strip('"')
 
 
 LoginMethod = Literal["pam", "password", "token"]
@@ -266,6 +271,8 @@ class LoginCredentials:
 
     def session_credential(self, method: SessionMethod) -> bytes | None:
         """What a session made with ``method`` is bound to now (see :meth:`credential`)."""
+        if method == "token":  # the most frequent, on every request of a token session
+            return self.token_file.read()
         return self.credential(method)
 
     def pam_user_allowed(self, user: str | None) -> bool:

@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_tailnet import ConfigurationError
+from flask_tailnet.credentials import cookie_value
 from flask_tailnet.passwords import PasswordSource
 from flask_tailnet.secretfile import SecretFile
 
@@ -532,3 +533,21 @@ def test_token_client_that_succeeded_still_spends_on_failures(
     password_app.extensions["tailnet"].token_file.rotate()
     other = remote(browser, headers=good, peer="100.64.0.9")
     assert other.status_code == 401  # the old token, from a fresh client
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        pytest.param("tailnet_session=abc", "abc", id="alone"),
+        pytest.param("a=1; tailnet_session=abc; b=2", "abc", id="middle"),
+        pytest.param("a=1;tailnet_session=abc", "abc", id="no-space"),
+        pytest.param('tailnet_session="abc"', "abc", id="quoted"),
+        pytest.param("xtailnet_session=evil; tailnet_session=abc", "abc", id="suffix-name-skipped"),
+        pytest.param("xtailnet_session=evil", None, id="only-suffix-name"),
+        pytest.param("tailnet_session=abc; tailnet_session=def", "abc", id="first-wins"),
+        pytest.param("other=1", None, id="absent"),
+        pytest.param("", None, id="empty"),
+    ],
+)
+def test_cookie_value_table(header: str, value: str | None) -> None:
+    assert cookie_value(header, "tailnet_session") == value
