@@ -15,7 +15,8 @@ import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import click
 from flask import current_app
@@ -39,19 +40,26 @@ def _state() -> GuardState:
     return state
 
 
+@contextmanager
+def _file_errors(secret_file: SecretFile) -> Iterator[None]:
+    """Turn an unsafe or unwritable secret file into a CLI error that says what to do."""
+    try:
+        yield
+    except UnsafeSecretFile as exc:
+        raise click.ClickException(f"refusing {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write {secret_file.path}: {exc.strerror}; check TAILNET_STATE_DIR"
+        ) from None
+
+
 @tailnet.command("token")
 @click.option("--rotate", is_flag=True, help="Replace the token; running servers use the new one.")
 def token_command(rotate: bool) -> None:
     """Print the bearer token, creating it on first use; nothing else goes to stdout."""
     token_file = _state().token_file
-    try:
+    with _file_errors(token_file):
         token = token_file.rotate() if rotate else token_file.ensure()
-    except UnsafeSecretFile as exc:
-        raise click.ClickException(f"refusing {exc}") from None
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot write {token_file.path}: {exc.strerror}; check TAILNET_STATE_DIR"
-        ) from None
     click.echo(token.decode("ascii", "replace"))
 
 
@@ -64,7 +72,7 @@ def password_command(generate: bool, remove: bool) -> None:
     password_file = _state().credentials.passwords.file
     if generate and remove:
         raise click.UsageError("--generate and --remove exclude each other")
-    try:
+    with _file_errors(password_file):
         if remove:
             existed = password_file.remove()
             click.echo(
@@ -81,12 +89,6 @@ def password_command(generate: bool, remove: bool) -> None:
             if not password.strip() or "\x00" in password:
                 raise click.ClickException("refusing an empty password")
         password_file.write(generate_password_hash(password, "scrypt").encode("ascii"))
-    except UnsafeSecretFile as exc:
-        raise click.ClickException(f"refusing {exc}") from None
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot write {password_file.path}: {exc.strerror}; check TAILNET_STATE_DIR"
-        ) from None
     click.echo(f"wrote a scrypt hash to {password_file.path}", err=True)
     if generate:
         click.echo(password)
@@ -148,10 +150,8 @@ def status_command() -> None:
 def url_command(port: int, scheme: str) -> None:
     """Print login links with ``?token=`` for localhost and this machine's tailnet addresses."""
     token = _state().token_file
-    try:
+    with _file_errors(token):
         value = token.ensure().decode("ascii", "replace")
-    except UnsafeSecretFile as exc:
-        raise click.ClickException(f"refusing {exc}") from None
     for host in ["localhost", *(_url_host(a) for a in tailnet_addresses(machine_addresses()))]:
         click.echo(f"{scheme}://{host}:{port}/?token={value}")
     click.echo("Anyone with one of these links is logged in: share them with care.", err=True)

@@ -3,8 +3,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +110,47 @@ def call(
         environ_base={"REMOTE_ADDR": peer},
         environ_overrides={"HTTP_HOST": host},
     )
+
+
+# ---- the example app under a real server ---------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def serving_example_app(host: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """Run ``flask --app example_app run`` on ``host`` and a free port; yield the port once it
+    accepts connections; stop the server afterwards, even on failure."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port = int(probe.getsockname()[1])
+    command = [sys.executable, "-m", "flask", "--app", "example_app", "run"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*command, "--host", host, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    if probe.connect_ex((host, port)) == 0:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the example app did not start: {log_path.read_text()}")
+                time.sleep(0.1)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # ---- CI: nothing may skip -----------------------------------------------------------------

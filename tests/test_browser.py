@@ -7,17 +7,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT, serving_example_app
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ADDRESS = "100.64.0.30"
 PASSWORD = "e2e-correct-horse"
@@ -68,9 +67,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     )
     if added.returncode != 0 and "File exists" not in added.stderr:
         pytest.fail(f"ip addr add {ADDRESS}/32 dev lo: {added.stderr.strip()}")
-    with socket.socket() as probe:
-        probe.bind((ADDRESS, 0))
-        port = probe.getsockname()[1]
     state = tmp_path_factory.mktemp("browser") / "state"
     env = {
         **os.environ,
@@ -79,47 +75,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "FLASK_TAILNET_PASSWORD_ENV": "TAILNET_E2E_PASSWORD",
         "TAILNET_E2E_PASSWORD": PASSWORD,
     }
-    log = (state.parent / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "example_app",
-            "run",
-            "--host",
-            ADDRESS,
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        deadline = time.monotonic() + 30
-        while not _accepts(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the example app did not start")
-            time.sleep(0.1)
-        yield Served(f"http://{ADDRESS}:{port}", env)
+        with serving_example_app(ADDRESS, env, state.parent / "server.log") as port:
+            yield Served(f"http://{ADDRESS}:{port}", env)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
         if added.returncode == 0:
             subprocess.run(["ip", "addr", "del", f"{ADDRESS}/32", "dev", "lo"], check=False)
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex((ADDRESS, port)) == 0
 
 
 def test_a_person_logs_in_stays_in_and_is_logged_out(served: Served) -> None:

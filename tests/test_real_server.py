@@ -7,15 +7,15 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .conftest import serving_example_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_V4, CLIENT_V4 = "100.64.0.10", "100.64.0.11"
@@ -47,13 +47,6 @@ def tailnet_addresses() -> Iterator[None]:
     finally:
         for cidr in added:
             _ip("addr", "del", cidr, "dev", "lo")
-
-
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -101,50 +94,9 @@ class Server:
 
 
 def _serve(host: str, state_dir: Path) -> Iterator[Server]:
-    port = _free_port(host)
     env = {**os.environ, "FLASK_TAILNET_STATE_DIR": str(state_dir)}
-    log_path = state_dir.parent / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "example_app",
-            "run",
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            if probe.connect_ex((host, port)) == 0:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            log.close()
-            pytest.fail(f"server did not start: {log_path.read_text()}")
-        time.sleep(0.1)
-    try:
+    with serving_example_app(host, env, state_dir.parent / "server.log") as port:
         yield Server(host, port, state_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
