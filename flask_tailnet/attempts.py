@@ -73,6 +73,17 @@ class Attempts:
             self._token_clients.pop(slot, None)
         return result
 
+    def remembered(
+        self, anonymous: Peer, presented: bytes, in_force: Callable[[Peer], object]
+    ) -> tuple[Peer | None, bytes]:
+        """A remembered success of this client with this credential that still holds, if any,
+        and the keyed digest to pass on to :meth:`check` (so it is computed once)."""
+        digest = hashlib.blake2b(presented, key=self._key, digest_size=16).digest()
+        known = self._known.get((anonymous.address, anonymous.via_proxy, digest))
+        if known is not None and known[0] > time.monotonic() and known[1] == in_force(known[2]):
+            return known[2], digest
+        return None, digest
+
     def check(
         self,
         anonymous: Peer,
@@ -87,16 +98,12 @@ class Attempts:
         is unchanged, and for at most ``remember`` seconds. ``None``: remember nothing.
         Loopback clients are never limited.
         """
-        digest = hashlib.blake2b(presented, key=self._key, digest_size=16).digest()
-        slot = (anonymous.address, anonymous.via_proxy, digest)
-        known = self._known.get(slot)
-        if (
-            known is not None
-            and in_force is not None
-            and known[0] > time.monotonic()
-            and known[1] == in_force(known[2])
-        ):
-            return known[2]
+        if in_force is None:
+            digest = b""
+        else:
+            remembered, digest = self.remembered(anonymous, presented, in_force)
+            if remembered is not None:
+                return remembered
         client = anonymous.address
         limited = not exempt(client)
         if limited:
@@ -112,5 +119,6 @@ class Attempts:
         if marker is not None:
             if len(self._known) >= _KNOWN_LIMIT:
                 self._known.clear()
+            slot = (anonymous.address, anonymous.via_proxy, digest)
             self._known[slot] = (time.monotonic() + self.remember, marker, peer)
         return peer

@@ -117,12 +117,15 @@ class BasicAuth:
         username, password = pair
         if not password:
             return DENY
+        presented = f"{username}\x00{password}".encode("utf-8", "surrogateescape")
+        remembered, _ = self.attempts.remembered(peer, presented, self.credentials.in_force)
+        if remembered is not None:
+            return remembered
 
         def verify() -> Peer | None:
             found = self.credentials.check(username, password)
             return None if found is None else logged_in(peer, found[0], found[1])
 
-        presented = f"{username}\x00{password}".encode("utf-8", "surrogateescape")
         result = self.attempts.check(peer, presented, self.credentials.in_force, verify)
         return DENY if result is None else result
 

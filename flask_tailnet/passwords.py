@@ -43,15 +43,24 @@ class PasswordSource:
         self.env_name = env_name
         self.file = password_file
         self._environ = environ
+        self._last: tuple[object, Password] | None = None
 
     def current(self) -> Password | None:
         """The password in force, or ``None`` when neither source holds one (an empty variable,
         and a missing, empty or untrusted file, hold none)."""
         value = self._environ.get(self.env_name)
-        if value:
-            return Password("env", value.encode("utf-8", "surrogateescape"))
-        stored = self.file.read()
-        return None if stored is None else Password("file", stored)
+        source: object = value if value else self.file.read()
+        if not source:
+            return None
+        last = self._last  # the same source gives the same (immutable) value, made once
+        if last is not None and last[0] == source:
+            return last[1]
+        if isinstance(source, str):
+            password = Password("env", source.encode("utf-8", "surrogateescape"))
+        else:
+            password = Password("file", source)  # type: ignore[arg-type]
+        self._last = (source, password)
+        return password
 
     def verify(self, presented: str) -> bool:
         """True if ``presented`` is the password in force. False when there is none, for an empty
