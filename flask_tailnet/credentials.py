@@ -111,16 +111,18 @@ class BasicAuth:
         self.attempts = attempts
 
     def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
-        pair = basic_credential(environ.get("HTTP_AUTHORIZATION"))
-        if pair is None:
+        header = environ.get("HTTP_AUTHORIZATION")
+        if not isinstance(header, str) or header.lstrip()[:6].lower() != "basic ":
             return None
-        username, password = pair
-        if not password:
-            return DENY
-        presented = f"{username}\x00{password}".encode("utf-8", "surrogateescape")
+        # The header as sent is what the budget and the remembered successes are keyed on, so
+        # that a client that sends the same credential again is served before any parsing.
+        presented = header.encode("latin-1", "replace")
         remembered, _ = self.attempts.remembered(peer, presented, self.credentials.in_force)
         if remembered is not None:
             return remembered
+        username, password = basic_credential(header) or ("", "")
+        if not password:
+            return DENY
 
         def verify() -> Peer | None:
             found = self.credentials.check(username, password)
