@@ -50,11 +50,17 @@ def request_is_https(environ: WSGIEnvironment) -> bool:
 
 def login_url(state: GuardState, environ: WSGIEnvironment) -> str:
     """The login page's URL with ``next`` set to the request's own path and query."""
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     query = environ.get("QUERY_STRING", "")
-    here = path + ("?" + query if query else "")
+    here = request_path(environ) + ("?" + query if query else "")
     root = environ.get("SCRIPT_NAME", "")
     return f"{root}{state.settings.login_prefix}/login?next={quote(here, safe='')}"
+
+
+def request_path(environ: WSGIEnvironment) -> str:
+    """The request's path as it was sent: WSGI paths are bytes decoded as latin-1, so quote the
+    original bytes."""
+    raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(raw.encode("latin-1", "replace"), safe="/@:!$&'()*+,;=~")
 
 
 def set_session_cookie(response: Response, state: GuardState, value: str, https: bool) -> None:
@@ -100,8 +106,8 @@ def token_link(state: GuardState, environ: WSGIEnvironment, anonymous: Peer) -> 
     if result is None or token is None:
         return None
     cookie = state.sessions.issue(user=None, method="token", credential=token)
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    response = redirect(path + ("?" + "&".join(kept) if kept else ""), 303)
+    path = request_path(environ)
+    response = redirect(safe_next(path + ("?" + "&".join(kept) if kept else "")), 303)
     if cookie is not None:
         set_session_cookie(response, state, cookie, request_is_https(environ))
     response.headers["Cache-Control"] = "no-store"

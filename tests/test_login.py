@@ -86,6 +86,8 @@ def test_browser_is_sent_to_login_with_next(browser: FlaskClient) -> None:
     response = remote(browser, "/api?x=1", headers=HTML)
     assert response.status_code == 303
     assert response.headers["Location"] == "/_tailnet/login?next=%2Fapi%3Fx%3D1"
+    unicode = remote(browser, "/caf\u00e9", headers=HTML)
+    assert unicode.headers["Location"] == "/_tailnet/login?next=%2Fcaf%25C3%25A9"
 
 
 def test_api_client_gets_401_not_a_redirect(browser: FlaskClient) -> None:
@@ -551,3 +553,17 @@ def test_token_client_that_succeeded_still_spends_on_failures(
 )
 def test_cookie_value_table(header: str, value: str | None) -> None:
     assert cookie_value(header, "tailnet_session") == value
+
+
+def test_token_link_never_redirects_off_site(browser: FlaskClient, password_app: Flask) -> None:
+    token = password_app.extensions["tailnet"].token_file.ensure().decode()
+    response = remote(
+        browser,
+        f"/x?token={token}",
+        headers=HTML,
+        environ_overrides={"PATH_INFO": "//evil.example/x"},
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"
+    spaced = remote(password_app.test_client(), f"/a b/caf\u00e9?token={token}&q=1", headers=HTML)
+    assert spaced.headers["Location"] == "/a%20b/caf%C3%A9?q=1"
