@@ -47,6 +47,7 @@ class Attempts:
         self._key = os.urandom(32)
         self._known: dict[tuple[str | None, bool, bytes], tuple[float, object, Peer]] = {}
         self._token_clients: dict[tuple[str | None, bool], tuple[bytes, Peer]] = {}
+        self._failing: set[tuple[str | None, bool]] = set()
 
     def check_token(
         self, anonymous: Peer, presented: bytes, token: bytes | None
@@ -77,8 +78,12 @@ class Attempts:
         self, anonymous: Peer, presented: bytes, in_force: Callable[[Peer], object]
     ) -> tuple[Peer | None, bytes]:
         """A remembered success of this client with this credential that still holds, if any,
-        and the keyed digest to pass on to :meth:`check` (so it is computed once)."""
+        and the keyed digest to pass on to :meth:`check` (so it is computed once). A client
+        whose last attempt failed gets nothing from memory until it succeeds again, so a guesser
+        cannot use remembered successes as an unmetered oracle."""
         digest = hashlib.blake2b(presented, key=self._key, digest_size=16).digest()
+        if (anonymous.address, anonymous.via_proxy) in self._failing:
+            return None, digest
         known = self._known.get((anonymous.address, anonymous.via_proxy, digest))
         if known is not None and known[0] > time.monotonic() and known[1] == in_force(known[2]):
             return known[2], digest
@@ -111,8 +116,13 @@ class Attempts:
             if not spent.allowed:
                 return Limited(spent.retry_after)
         peer = verify()
+        failing = (anonymous.address, anonymous.via_proxy)
         if peer is None:
+            if len(self._failing) >= _KNOWN_LIMIT:
+                self._failing.clear()
+            self._failing.add(failing)
             return None
+        self._failing.discard(failing)
         if limited:
             self.budget.refund(client or "unknown")
         marker = None if in_force is None else in_force(peer)

@@ -117,3 +117,23 @@ def test_token_shortcut_forgets_a_client_that_fails(budget: CountingBudget) -> N
     assert budget.spent == 3  # forgotten after the failure: spent first again
     rotated = b"the-token-2"
     assert attempts.check_token(CLIENT, token, rotated) is None
+
+
+def test_a_failing_client_gets_nothing_from_memory(budget: CountingBudget) -> None:
+    attempts = Attempts(budget)
+    assert attempts.check(CLIENT, b"pw", lambda p: b"m", admit) == admit()
+    assert attempts.check(CLIENT, b"guess", lambda p: b"m", lambda: None) is None
+    spent = budget.spent
+    # The remembered credential is checked again, under the budget, until a success.
+    assert attempts.remembered(CLIENT, b"pw", lambda p: b"m")[0] is None
+    assert attempts.check(CLIENT, b"pw", lambda p: b"m", admit) == admit()
+    assert budget.spent == spent + 1
+    assert attempts.remembered(CLIENT, b"pw", lambda p: b"m")[0] == admit()
+
+
+def test_a_limited_client_cannot_test_guesses_against_memory(budget: CountingBudget) -> None:
+    attempts = Attempts(budget)
+    attempts.check(CLIENT, b"right", lambda p: b"m", admit)
+    for _ in range(5):
+        attempts.check(CLIENT, b"wrong", lambda p: b"m", lambda: None)
+    assert isinstance(attempts.check(CLIENT, b"right", lambda p: b"m", admit), Limited)
