@@ -10,13 +10,14 @@ import ipaddress
 import json
 import os
 import pwd
-import re
 import secrets
 import shutil
 import stat
 import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import click
 from flask import current_app
@@ -25,9 +26,13 @@ from werkzeug.security import generate_password_hash
 
 from .addresses import is_tailnet, parse_ip
 from .extension import GuardState, guard_state
-from .secretfile import SecretFile, UnsafeSecretFile, directory_problem
+from .passwords import _MAX_PRESENTED
+from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
 
 tailnet = AppGroup("tailnet", help="flask-tailnet: the guard's token, password and state.")
+
+#: The longest password the login checks accept; a longer one could be set but never used.
+MAX_PASSWORD_LENGTH = _MAX_PRESENTED
 
 
 def _state() -> GuardState:
@@ -48,8 +53,11 @@ def _file_errors(secret_file: SecretFile) -> Iterator[None]:
     except UnsafeSecretFile as exc:
         raise click.ClickException(f"refusing {exc}") from None
     except OSError as exc:
+        name = exc.filename2 or exc.filename  # a rename's target, not our temporary file
+        where = "" if name in (None, str(secret_file.path)) else f" ({name})"
         raise click.ClickException(
-            f"cannot write {secret_file.path}: {exc.strerror}; check TAILNET_STATE_DIR"
+            f"cannot write {secret_file.path}: {exc.strerror}{where}; "
+            "fix that path or set TAILNET_STATE_DIR to a directory this user can create"
         ) from None
 
 
@@ -68,36 +76,66 @@ def token_command(rotate: bool) -> None:
 @click.option("--remove", is_flag=True, help="Delete the password file.")
 def password_command(generate: bool, remove: bool) -> None:
     """Set the login password: prompt twice (no echo) and store a scrypt hash in the password
-    file (mode 0600, replaced atomically)."""
-    password_file = _state().credentials.passwords.file
+    file (mode 0600, replaced atomically). Only ``--generate`` prints to stdout: the password."""
+    state = _state()
+    password_file = state.credentials.passwords.file
     if generate and remove:
         raise click.UsageError("--generate and --remove exclude each other")
     with _file_errors(password_file):
         if remove:
-            existed = password_file.remove()
+            # An absent directory holds no password: do not create it just to say so.
+            existed = not _missing(password_file.directory) and password_file.remove()
             click.echo(
                 f"removed {password_file.path}" if existed else f"{password_file.path} was absent",
                 err=True,
             )
+            _say_method(state)
             return
+        # Before the prompt, so that nobody types a password twice for a directory we refuse.
+        ensure_private_dir(password_file.directory)
         if generate:
             password = secrets.token_urlsafe(18)
         else:
             password = click.prompt(
                 "New password", hide_input=True, confirmation_prompt=True, err=True
             )
-            if not password.strip() or "\x00" in password:
-                raise click.ClickException("refusing an empty password")
+            problem = password_problem(password)
+            if problem is not None:
+                raise click.ClickException(f"refusing {problem}; nothing was written")
+        old_problem = password_file.problem()
         password_file.write(generate_password_hash(password, "scrypt").encode("ascii"))
-    click.echo(f"wrote a scrypt hash to {password_file.path}", err=True)
+    if old_problem not in (None, "missing"):
+        click.echo(f"replaced {password_file.path}, unusable as it was (unsafe or empty)", err=True)
+    click.echo(f"wrote a scrypt hash to {password_file.path} (mode 0600)", err=True)
+    _say_method(state)
     if generate:
         click.echo(password)
 
 
+def password_problem(password: str) -> str | None:
+    """Why ``password`` could never log anyone in (the login checks refuse it), or ``None``."""
+    if not password.strip():
+        return "an empty password"
+    if "\x00" in password:
+        return "a password with a NUL character"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"a password longer than {MAX_PASSWORD_LENGTH} characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a password that is not valid text (check the terminal's encoding)"
+    return None
+
+
+def _say_method(state: GuardState) -> None:
+    resolution = state.credentials.resolve()
+    click.echo(f"login method now: {resolution.method} ({resolution.why})", err=True)
+
+
 @tailnet.command("status")
 def status_command() -> None:
-    """A readable report of the guard's configuration and state files; exits 1 when something
-    is unsafe. Prints no secret."""
+    """A readable report of the guard's configuration and state files; exits 1 when a file or
+    the directory is unsafe. Prints no secret."""
     state = _state()
     conf = state.settings
     resolution = state.credentials.resolve()
@@ -107,13 +145,13 @@ def status_command() -> None:
         "bearer token:     accepted in every mode",
         f"state directory:  {conf.state_dir}",
     ]
-    problem = directory_problem(conf.state_dir) if conf.state_dir.exists() else None
-    if not conf.state_dir.exists():
+    if _missing(conf.state_dir):
         lines.append("                  missing (created on first need, mode 0700)")
     else:
-        lines.append(f"                  {_mode_and_owner(conf.state_dir)}, {problem or 'safe'}")
+        problem = directory_problem(conf.state_dir)
         unsafe = unsafe or problem is not None
-    files: Iterable[tuple[str, SecretFile]] = (
+        lines.append(f"                  {_mode_and_owner(conf.state_dir)}, {_verdict(problem)}")
+    files = (
         ("token", state.token_file),
         ("session_key", state.sessions.key_file),
         ("password", state.credentials.passwords.file),
@@ -123,9 +161,8 @@ def status_command() -> None:
         if issue == "missing":
             lines.append(f"  {label + ':':<15} missing")
             continue
-        verdict = "safe" if issue is None else f"UNSAFE: {issue}"
         unsafe = unsafe or issue is not None
-        lines.append(f"  {label + ':':<15} {_mode_and_owner(secret_file.path)}, {verdict}")
+        lines.append(f"  {label + ':':<15} {_mode_and_owner(secret_file.path)}, {_verdict(issue)}")
     lines += [
         f"network policy:   {conf.network}"
         + (f", allowlist {', '.join(map(str, conf.allowlist))}" if conf.allowlist else ""),
@@ -141,24 +178,90 @@ def status_command() -> None:
     ]
     click.echo("\n".join(lines))
     if unsafe:
+        click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
         raise click.exceptions.Exit(1)
 
 
+def _verdict(problem: str | None) -> str:
+    return "safe" if problem is None else f"UNSAFE: {problem}"
+
+
+def _missing(path: Path) -> bool:
+    """True only when ``path`` is not there (a path that cannot be examined is not missing)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _mode_and_owner(path: Path) -> str:
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror})"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    kind = "symbolic link, " if stat.S_ISLNK(st.st_mode) else ""
+    return f"{kind}mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with its userinfo replaced by ``***`` and the value of every query parameter and
+    the fragment too, so that a password shows however it is written (``user:pw@``, ``:pw@``,
+    ``?password=pw``). Anything that is not ``scheme://...`` is masked whole."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "***"
+    # The last "@", not the first: a password may hold an unescaped "@" (or "/", "?", "#").
+    at = rest.rfind("@")
+    if at >= 0:
+        rest = "***@" + rest[at + 1 :]
+    rest, hashmark, _ = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    masked = "&".join(
+        f"{name}=***" if equals else "***"
+        for name, equals, _ in (part.partition("=") for part in query.split("&"))
+    )
+    return f"{scheme}://{rest}{question}{masked if question else ''}{'#***' if hashmark else ''}"
+
+
 @tailnet.command("url")
-@click.option("--port", default=5000, show_default=True, help="The port the app listens on.")
+@click.option(
+    "--port",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The port the app listens on.",
+)
 @click.option("--scheme", default="http", show_default=True, type=click.Choice(["http", "https"]))
 def url_command(port: int, scheme: str) -> None:
-    """Print login links with ``?token=`` for localhost and this machine's tailnet addresses."""
-    token = _state().token_file
-    with _file_errors(token):
-        value = token.ensure().decode("ascii", "replace")
-    for host in ["localhost", *(_url_host(a) for a in tailnet_addresses(machine_addresses()))]:
-        click.echo(f"{scheme}://{host}:{port}/?token={value}")
+    """Print login links with ``?token=`` for localhost and this machine's tailnet addresses,
+    one per line, creating the token on first use. Nothing else goes to stdout."""
+    token_file = _state().token_file
+    with _file_errors(token_file):
+        token = quote_from_bytes(token_file.ensure(), safe="")
+    found = tailnet_addresses(machine_addresses())
+    for host in ["localhost", *map(url_host, found)]:
+        click.echo(f"{scheme}://{host}:{port}/?token={token}")
+    if not found:
+        click.echo("no tailnet address found on this machine: is Tailscale up?", err=True)
     click.echo("Anyone with one of these links is logged in: share them with care.", err=True)
 
 
+def url_host(address: str) -> str:
+    """``address`` as the host of a URL: IPv6 in brackets."""
+    return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+
+
 def tailnet_addresses(candidates: Iterable[str]) -> list[str]:
-    """The tailnet addresses among ``candidates``, in order, without duplicates."""
+    """The tailnet addresses among ``candidates``, in order and without duplicates; anything that
+    is not an address of Tailscale's ranges (or is the ChromeOS block, or the in-node service
+    address) is left out."""
     found: list[str] = []
     for candidate in candidates:
         ip = parse_ip(candidate)
@@ -167,43 +270,40 @@ def tailnet_addresses(candidates: Iterable[str]) -> list[str]:
     return found
 
 
-def machine_addresses() -> list[str]:
-    """This machine's interface addresses (``ip -j addr``), else what ``tailscale ip`` prints."""
+def interface_addresses(ip_json: str) -> list[str]:
+    """The addresses (``local``) in the output of ``ip -j addr``; what is malformed is skipped.
+    Never raises."""
+    try:
+        interfaces = json.loads(ip_json)
+    except (ValueError, RecursionError):
+        return []
     found: list[str] = []
-    ip_command, tailscale = shutil.which("ip"), shutil.which("tailscale")
-    if ip_command:
-        try:
-            out = subprocess.run(  # noqa: S603 - a fixed command found on PATH
-                [ip_command, "-j", "addr"], capture_output=True, text=True, timeout=5, check=True
-            ).stdout
-            for interface in json.loads(out):
-                found += [a.get("local", "") for a in interface.get("addr_info", [])]
-        except (OSError, ValueError, subprocess.SubprocessError):
-            pass
-    if not found and tailscale:
-        try:
-            out = subprocess.run(  # noqa: S603 - a fixed command found on PATH
-                [tailscale, "ip"], capture_output=True, text=True, timeout=5, check=True
-            ).stdout
-            found = out.split()
-        except (OSError, subprocess.SubprocessError):
-            pass
+    for interface in interfaces if isinstance(interfaces, list) else ():
+        infos = interface.get("addr_info") if isinstance(interface, dict) else None
+        for info in infos if isinstance(infos, list) else ():
+            local = info.get("local") if isinstance(info, dict) else None
+            if isinstance(local, str):
+                found.append(local)
     return found
 
 
-def mask_uri(uri: str) -> str:
-    """``uri`` with any userinfo (a password) replaced by ``***``."""
-    return re.sub(r"(?<=://)[^/]*@", "***@", uri, count=1)
+def machine_addresses() -> list[str]:
+    """This machine's interface addresses (``ip -j addr``) and, when none of them is a tailnet
+    address (tailscaled in userspace networking mode), what ``tailscale ip`` prints."""
+    found = interface_addresses(_output("ip", "-j", "addr"))
+    if not tailnet_addresses(found):
+        found += _output("tailscale", "ip").split()
+    return found
 
 
-def _url_host(address: str) -> str:
-    return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-
-
-def _mode_and_owner(path: os.PathLike[str] | str) -> str:
-    st = os.lstat(path)
+def _output(command: str, *args: str) -> str:
+    """What ``command`` (looked up on PATH) prints; ``""`` when it is missing, fails or hangs."""
+    path = shutil.which(command)
+    if path is None:
+        return ""
     try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
+        return subprocess.run(  # noqa: S603 - a fixed command found on PATH
+            [path, *args], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return ""
