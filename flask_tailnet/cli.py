@@ -7,14 +7,11 @@ the secret itself, so ``$(...)`` works; everything else goes to stderr.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import pwd
 import secrets
-import shutil
 import stat
-import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -24,8 +21,8 @@ from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.security import generate_password_hash
 
-from .addresses import is_tailnet, parse_ip
 from .extension import GuardState, guard_state
+from .machine import machine_addresses, tailnet_addresses
 from .passwords import _MAX_PRESENTED
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
 
@@ -256,54 +253,3 @@ def url_command(port: int, scheme: str) -> None:
 def url_host(address: str) -> str:
     """``address`` as the host of a URL: IPv6 in brackets."""
     return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-
-
-def tailnet_addresses(candidates: Iterable[str]) -> list[str]:
-    """The tailnet addresses among ``candidates``, in order and without duplicates; anything that
-    is not an address of Tailscale's ranges (or is the ChromeOS block, or the in-node service
-    address) is left out."""
-    found: list[str] = []
-    for candidate in candidates:
-        ip = parse_ip(candidate)
-        if ip is not None and is_tailnet(ip) and str(ip) not in found:
-            found.append(str(ip))
-    return found
-
-
-def interface_addresses(ip_json: str) -> list[str]:
-    """The addresses (``local``) in the output of ``ip -j addr``; what is malformed is skipped.
-    Never raises."""
-    try:
-        interfaces = json.loads(ip_json)
-    except (ValueError, RecursionError):
-        return []
-    found: list[str] = []
-    for interface in interfaces if isinstance(interfaces, list) else ():
-        infos = interface.get("addr_info") if isinstance(interface, dict) else None
-        for info in infos if isinstance(infos, list) else ():
-            local = info.get("local") if isinstance(info, dict) else None
-            if isinstance(local, str):
-                found.append(local)
-    return found
-
-
-def machine_addresses() -> list[str]:
-    """This machine's interface addresses (``ip -j addr``) and, when none of them is a tailnet
-    address (tailscaled in userspace networking mode), what ``tailscale ip`` prints."""
-    found = interface_addresses(_output("ip", "-j", "addr"))
-    if not tailnet_addresses(found):
-        found += _output("tailscale", "ip").split()
-    return found
-
-
-def _output(command: str, *args: str) -> str:
-    """What ``command`` (looked up on PATH) prints; ``""`` when it is missing, fails or hangs."""
-    path = shutil.which(command)
-    if path is None:
-        return ""
-    try:
-        return subprocess.run(  # noqa: S603 - a fixed command found on PATH
-            [path, *args], capture_output=True, text=True, timeout=5, check=True
-        ).stdout
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return ""

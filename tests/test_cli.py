@@ -86,9 +86,11 @@ def test_app_without_the_extension_says_so(args: list[str]) -> None:
 
 
 def flask_cli(
-    *args: str, state_dir: Path, app: str = "example_app"
+    *args: str, state_dir: Path, app: str = "example_app", path: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLASK_TAILNET_STATE_DIR": str(state_dir)}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(
         [sys.executable, "-m", "flask", "--app", app, *args],
         cwd=ROOT,
@@ -738,137 +740,6 @@ def test_url_logs_a_tailnet_browser_in(
     assert after.json["method"] == "session"
 
 
-@pytest.mark.parametrize(
-    ("candidates", "expected"),
-    [
-        pytest.param(["100.64.0.1", "100.64.0.1"], ["100.64.0.1"], id="deduplicated"),
-        pytest.param(
-            ["100.64.0.0", "100.127.255.255"], ["100.64.0.0", "100.127.255.255"], id="edges"
-        ),
-        pytest.param(["100.63.255.255", "100.128.0.0"], [], id="just-outside-cgnat"),
-        pytest.param(["100.115.92.5", "100.115.93.255"], [], id="chromeos-range"),
-        pytest.param(
-            ["100.115.91.255", "100.115.94.0"],
-            ["100.115.91.255", "100.115.94.0"],
-            id="around-chromeos",
-        ),
-        pytest.param(["100.100.100.100", "fd7a:115c:a1e0::53"], [], id="tailscale-service"),
-        pytest.param(["10.0.0.1", "192.168.0.1", "::1", "127.0.0.1", "fe80::1"], [], id="others"),
-        pytest.param(
-            ["", "garbage", " 100.64.0.1", "100.64.0.1/32", "[fd7a:115c:a1e0::1]"],
-            [],
-            id="not-plain-addresses",
-        ),
-        pytest.param(["fd7a:115c:a1e0::1"], ["fd7a:115c:a1e0::1"], id="ipv6"),
-        pytest.param(["FD7A:115C:A1E0:0::1"], ["fd7a:115c:a1e0::1"], id="ipv6-normalized"),
-        pytest.param(["fd7a:115c:a1e1::1"], [], id="ipv6-outside-the-48"),
-        pytest.param(["::ffff:100.64.0.9"], ["100.64.0.9"], id="ipv4-mapped"),
-    ],
-)
-def test_tailnet_addresses_table(candidates: list[str], expected: list[str]) -> None:
-    assert cli_module.tailnet_addresses(candidates) == expected
-
-
-IP_JSON = json.dumps(
-    [
-        {
-            "ifindex": 1,
-            "ifname": "lo",
-            "flags": ["LOOPBACK", "UP", "LOWER_UP"],
-            "addr_info": [
-                {"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"},
-                {"family": "inet6", "local": "::1", "prefixlen": 128, "scope": "host"},
-            ],
-        },
-        {
-            "ifindex": 3,
-            "ifname": "tailscale0",
-            "flags": ["POINTOPOINT", "MULTICAST", "NOARP", "UP", "LOWER_UP"],
-            "addr_info": [
-                {"family": "inet", "local": "100.101.102.103", "prefixlen": 32},
-                {"family": "inet6", "local": "fd7a:115c:a1e0::7", "prefixlen": 128},
-            ],
-        },
-        {"ifindex": 4, "ifname": "down0", "addr_info": []},
-    ]
-)
-
-
-@pytest.mark.parametrize(
-    ("output", "expected"),
-    [
-        pytest.param(
-            IP_JSON,
-            ["127.0.0.1", "::1", "100.101.102.103", "fd7a:115c:a1e0::7"],
-            id="ip-j-addr",
-        ),
-        pytest.param("", [], id="empty"),
-        pytest.param("not json", [], id="garbage"),
-        pytest.param('{"addr_info": [{"local": "100.64.0.1"}]}', [], id="object-not-list"),
-        pytest.param('[1, "x", null, {"addr_info": "100.64.0.1"}]', [], id="wrong-types"),
-        pytest.param(
-            '[{"addr_info": [1, {"local": 7}, {"local": "100.64.0.2"}]}]',
-            ["100.64.0.2"],
-            id="mixed-entries",
-        ),
-        pytest.param("[" * 100_000 + "]" * 100_000, [], id="deeply-nested"),
-    ],
-)
-def test_interface_addresses_table(output: str, expected: list[str]) -> None:
-    assert cli_module.interface_addresses(output) == expected
-
-
-def _fake_command(bin_dir: Path, name: str, script: str) -> None:
-    path = bin_dir / name
-    path.write_text("#!/bin/sh\n" + script)
-    path.chmod(0o755)
-
-
-@pytest.mark.parametrize(
-    ("ip_script", "tailscale_script", "expected", "asked_tailscale"),
-    [
-        pytest.param(
-            f"echo '{IP_JSON}'\n",
-            "echo 100.64.9.9\n",
-            ["100.101.102.103", "fd7a:115c:a1e0::7"],
-            False,
-            id="interfaces-have-tailnet-addresses",
-        ),
-        pytest.param(
-            'echo \'[{"addr_info": [{"local": "127.0.0.1"}]}]\'\n',
-            "echo 100.64.9.9; echo fd7a:115c:a1e0::99\n",
-            ["100.64.9.9", "fd7a:115c:a1e0::99"],
-            True,
-            id="userspace-tailscaled",
-        ),
-        pytest.param(None, "echo 100.64.9.9\n", ["100.64.9.9"], True, id="no-ip-command"),
-        pytest.param("exit 1\n", "echo 100.64.9.9\n", ["100.64.9.9"], True, id="ip-fails"),
-        pytest.param("echo '['\n", "exit 1\n", [], True, id="both-fail"),
-        pytest.param(None, None, [], False, id="neither-installed"),
-    ],
-)
-def test_machine_addresses_runs_ip_then_tailscale(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    ip_script: str | None,
-    tailscale_script: str | None,
-    expected: list[str],
-    asked_tailscale: bool,
-) -> None:
-    """``tailscale`` is a stand-in (it is not installed here) printing what ``tailscale ip``
-    prints: one address per line."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    asked = tmp_path / "asked"
-    if ip_script is not None:
-        _fake_command(bin_dir, "ip", ip_script)
-    if tailscale_script is not None:
-        _fake_command(bin_dir, "tailscale", f'echo "$@" >> {asked}\n{tailscale_script}')
-    monkeypatch.setenv("PATH", str(bin_dir))
-    assert cli_module.tailnet_addresses(cli_module.machine_addresses()) == expected
-    assert asked.read_text() == "ip\n" if asked_tailscale else not asked.exists()
-
-
 # ---- real addresses on the loopback interface (root) ------------------------------------------
 
 URL_V4, URL_V6 = "100.64.0.20", "fd7a:115c:a1e0::20"
@@ -899,19 +770,24 @@ def tailnet_addresses_on_lo() -> Iterator[None]:
             subprocess.run(["ip", "addr", "del", cidr, "dev", "lo"], check=False)
 
 
-@pytest.mark.root
-def test_machine_addresses_finds_real_interface_addresses(tailnet_addresses_on_lo: None) -> None:
-    found = cli_module.tailnet_addresses(cli_module.machine_addresses())
-    assert URL_V4 in found
-    assert URL_V6 in found
+def tailscale_stand_in(bin_dir: Path, *addresses: str) -> str:
+    """A PATH whose ``tailscale`` prints ``addresses`` as ``tailscale ip`` does (the real CLI is
+    not installed here), followed by the real PATH. Addresses on ``lo`` are not on tailscale0,
+    so without it ``flask tailnet url`` would find no tailnet address."""
+    bin_dir.mkdir()
+    stand_in = bin_dir / "tailscale"
+    stand_in.write_text("#!/bin/sh\n" + "".join(f"echo {a}\n" for a in addresses))
+    stand_in.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.mark.root
 def test_url_link_logs_in_to_a_real_server(tailnet_addresses_on_lo: None, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     env = {**os.environ, "FLASK_TAILNET_STATE_DIR": str(state_dir)}
+    path = tailscale_stand_in(tmp_path / "bin", URL_V4, URL_V6)
     with serving_example_app(URL_V4, env, tmp_path / "server.log") as port:
-        printed = flask_cli("tailnet", "url", "--port", str(port), state_dir=state_dir)
+        printed = flask_cli("tailnet", "url", "--port", str(port), state_dir=state_dir, path=path)
         assert printed.returncode == 0, printed.stderr
         [link] = [u for u in printed.stdout.splitlines() if f"//{URL_V4}:" in u]
         assert f"http://[{URL_V6}]:{port}/?token=" in printed.stdout

@@ -1,0 +1,90 @@
+"""This machine's tailnet addresses: for the default binds and ``flask tailnet url``.
+
+Only the addresses in Tailscale's ranges on the ``tailscale0`` interface count, else (tailscaled in
+userspace networking mode has no interface) what ``tailscale ip`` prints. Addresses of other
+interfaces never count, even inside the ranges: CGNAT space is also handed out by ISPs, and an
+address that is not tailscaled's would put the app on a network nobody chose.
+
+The parsers are pure; :func:`machine_addresses` is the only part that runs commands, and it never
+raises and never waits more than a few seconds per command.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+from .addresses import is_tailnet, parse_ip
+
+#: The interface tailscaled creates on Linux (unless started with ``--tun=NAME``).
+TAILSCALE_INTERFACE = "tailscale0"
+#: Seconds each discovery command may take; one that takes longer counts as having printed nothing.
+COMMAND_TIMEOUT = 5.0
+
+
+def tailnet_addresses(candidates: Iterable[str]) -> list[str]:
+    """The tailnet addresses among ``candidates``, normalized, in order and without duplicates.
+
+    Left out: anything that is not a plain address of Tailscale's ranges, the ChromeOS block and
+    the in-node service address (``100.100.100.100``, ``fd7a:115c:a1e0::53``).
+    """
+    found: list[str] = []
+    for candidate in candidates:
+        ip = parse_ip(candidate)
+        if ip is not None and is_tailnet(ip) and str(ip) not in found:
+            found.append(str(ip))
+    return found
+
+
+def interface_addresses(ip_json: str, interface: str | None = None) -> list[str]:
+    """The addresses (``local``) in the output of ``ip -j addr``, only those of ``interface``
+    (its ``ifname``) when one is named. What is malformed is skipped; never raises."""
+    try:
+        interfaces = json.loads(ip_json)
+    except (ValueError, RecursionError):
+        return []
+    found: list[str] = []
+    for entry in interfaces if isinstance(interfaces, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        if interface is not None and entry.get("ifname") != interface:
+            continue
+        infos = entry.get("addr_info")
+        for info in infos if isinstance(infos, list) else ():
+            local = info.get("local") if isinstance(info, dict) else None
+            if isinstance(local, str):
+                found.append(local)
+    return found
+
+
+def machine_addresses() -> list[str]:
+    """This machine's tailnet addresses: those on ``tailscale0`` (``ip -j addr show dev
+    tailscale0``), else those ``tailscale ip`` prints; ``[]`` when neither finds one.
+
+    Never raises; each command is bounded by :data:`COMMAND_TIMEOUT`.
+    """
+    shown = _output("ip", "-j", "addr", "show", "dev", TAILSCALE_INTERFACE)
+    found = tailnet_addresses(interface_addresses(shown, TAILSCALE_INTERFACE))
+    if found:
+        return found
+    return tailnet_addresses(_output("tailscale", "ip").split())
+
+
+def _output(command: str, *args: str) -> str:
+    """What ``command`` (looked up on PATH) prints; ``""`` when it is missing, fails or hangs."""
+    path = shutil.which(command)
+    if path is None:
+        return ""
+    try:
+        return subprocess.run(  # noqa: S603 - a fixed command found on PATH
+            [path, *args],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        ).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return ""
