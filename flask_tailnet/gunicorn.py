@@ -1,0 +1,427 @@
+"""gunicorn integration: ``gunicorn -c python:flask_tailnet.gunicorn 'app:create_app()'``.
+
+The module-level names are gunicorn settings: ``bind`` (loopback plus this machine's tailnet
+addresses, or ``TAILNET_BIND``), ``logger_class`` (a logger that redacts secrets) and the hooks
+that check every bind before any socket is bound. Settings given on the command line (``-b``,
+``-w``, ``-k``, ``--access-logfile``) take precedence over these, as for any gunicorn config.
+
+In the master, before any socket is bound and any worker starts, :func:`on_starting` loads the
+app once, refuses every bind that :func:`flask_tailnet.binds.check_binds` refuses (the process
+exits 1 without binding anything), and creates the state directory, the token and the session
+key, so that workers never race to create them. :func:`when_ready` then prints the login URLs,
+once, to the terminal (stderr), never through a log.
+
+The decisions live in :mod:`flask_tailnet.binds`; this module only adapts them to gunicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_from_bytes, unquote_plus
+
+from flask import Flask
+from gunicorn.app.base import Application
+from gunicorn.errors import ConfigError, HaltServer
+from gunicorn.glogging import Logger
+
+from . import binds as binds_module
+from .binds import Bind, BindRefused
+from .extension import GuardState, guard_state
+from .machine import machine_addresses
+from .secretfile import UnsafeSecretFile, ensure_private_dir
+
+#: What a secret is replaced by in a log line.
+REDACTED = "[redacted]"
+#: Query parameters whose value is a secret (the ``?token=`` login links).
+SECRET_PARAMETERS = frozenset({"token"})
+#: Headers whose value is never logged, in gunicorn's atom spelling (lower case).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+#: The port of the default binds: gunicorn's own default, or ``$PORT`` as gunicorn reads it.
+DEFAULT_PORT = 8000
+#: What to install when gunicorn is missing.
+INSTALL_HINT = "pip install 'flask-tailnet[gunicorn]'"
+
+_log = logging.getLogger("flask_tailnet")
+
+# ---- redaction (pure) ----------------------------------------------------------------------
+
+# A ``name=value`` pair as it appears in a query string, a URI, a request line or free text. The
+# name stops at every character that separates parameters or words, so the leftmost match is the
+# whole name; the value runs to the next separator of a query or of a log line.
+_PARAMETER = re.compile(r"""([^\s?&;=/"'#<>]+)=([^&\s"'#<>]*)""")
+_SECRET_ATOMS = frozenset(
+    [f"{{{name}}}i" for name in SECRET_HEADERS]
+    + [f"{{{name}}}o" for name in SECRET_HEADERS]
+    + [f"{{http_{name.replace('-', '_')}}}e" for name in SECRET_HEADERS]
+)
+
+
+def _is_secret_name(raw: str) -> bool:
+    name = raw
+    # Decoded as often as a careless client may have encoded it (``%2574oken``): over-redacting
+    # a parameter the app would not read as the token costs nothing.
+    for _ in range(3):
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name.strip().lower() in SECRET_PARAMETERS
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    if _is_secret_name(match.group(1)):
+        return f"{match.group(1)}={REDACTED}"
+    return match.group(0)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the value of every ``token`` parameter replaced by ``[redacted]``, wherever it
+    stands: a query string, a URI, a request line, a Referer, a log message. The name counts
+    however it is cased or percent-encoded."""
+    if "=" not in text:
+        return text
+    return _PARAMETER.sub(_redact_parameter, text)
+
+
+def redact_atoms(atoms: Mapping[str, Any]) -> dict[str, Any]:
+    """gunicorn's access-log atoms with the values of Authorization, Proxy-Authorization, Cookie
+    and Set-Cookie (as request headers ``{...}i``, response headers ``{...}o`` and environ
+    ``{http_...}e``) replaced by ``[redacted]``, and ``token`` parameters redacted in every text
+    atom (``r``, ``q``, ``f``, ``{raw_uri}e``, ``{referer}i``, ...)."""
+    redacted: dict[str, Any] = {}
+    for key, value in atoms.items():
+        if key.lower() in _SECRET_ATOMS:
+            redacted[key] = REDACTED
+        elif isinstance(value, str):
+            redacted[key] = redact_text(value)
+        else:
+            redacted[key] = value
+    return redacted
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces a record's message, traceback and stack by their redacted text, so that no handler
+    (a file, syslog, a ``logconfig_dict`` one) ever formats a ``token`` value."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's logger, but the access log never holds a ``token`` value, an Authorization
+    header or a cookie, and the error log (``Error handling request /?token=...``, tracebacks)
+    never holds a ``token`` value."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            if not any(isinstance(f, RedactingFilter) for f in log.filters):
+                log.addFilter(RedactingFilter())
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        return redact_atoms(super().atoms(resp, req, environ, request_time))
+
+
+# ---- the app behind gunicorn's WSGI callable ------------------------------------------------
+
+_WRAPPER_ATTRIBUTES = ("tailnet_state", "wsgi_app", "app", "application", "wrapped", "__wrapped__")
+
+
+def find_guard_states(wsgi: object, max_depth: int = 8) -> list[GuardState]:
+    """The guard states reachable from ``wsgi``: a Flask app, the guard's WSGI callable, or
+    middleware around them that keeps what it wraps as ``app``, ``wsgi_app``, ``application``,
+    ``wrapped``, ``__wrapped__`` or werkzeug's ``mounts``. ``[]`` when there is none."""
+    found: list[GuardState] = []
+    seen: set[int] = set()
+    pending: list[tuple[object, int]] = [(wsgi, 0)]
+    while pending:
+        obj, depth = pending.pop()
+        if id(obj) in seen or depth > max_depth:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, GuardState):
+            if all(obj is not state for state in found):
+                found.append(obj)
+            continue
+        children: list[object] = []
+        if isinstance(obj, Flask):
+            children.append(guard_state(obj))
+        for name in _WRAPPER_ATTRIBUTES:
+            try:
+                children.append(getattr(obj, name, None))
+            except Exception:  # noqa: S112 - a proxy object that cannot answer wraps nothing
+                continue
+        try:
+            mounts = getattr(obj, "mounts", None)
+        except Exception:
+            mounts = None
+        if isinstance(mounts, Mapping):
+            children.extend(mounts.values())
+        pending.extend((child, depth + 1) for child in reversed(children) if child is not None)
+    return found
+
+
+# ---- what the master decides before binding -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What :func:`on_starting` found: the checked binds and the token for the login URLs."""
+
+    binds: tuple[Bind, ...]
+    token: bytes
+
+
+def login_urls(
+    checked: Iterable[Bind], token: bytes, tailnet_addresses: Sequence[str]
+) -> list[str]:
+    """``http://<address>:<port>/?token=<token>`` for every TCP bind, IPv6 in brackets; a wildcard
+    bind stands for loopback and ``tailnet_addresses``. Unix sockets and inherited file
+    descriptors have no URL."""
+    quoted = quote_from_bytes(token, safe="")
+    urls: list[str] = []
+    for bind in checked:
+        if bind.kind != "tcp":
+            continue
+        if bind.ip is None:
+            hosts = [bind.host or "localhost"]
+        elif bind.ip.is_unspecified:
+            hosts = ["127.0.0.1", *tailnet_addresses]
+        else:
+            hosts = [str(bind.ip)]
+        for host in hosts:
+            netloc = f"[{host}]" if ":" in host else host
+            url = f"http://{netloc}:{bind.port}/?token={quoted}"
+            if url not in urls:
+                urls.append(url)
+    return urls
+
+
+def _default_bind() -> tuple[list[str], bool, str | None]:
+    """``TAILNET_BIND``, else loopback and this machine's tailnet addresses on ``$PORT`` (as
+    gunicorn reads it) or 8000; whether that is loopback only for want of a tailnet address; and
+    why the environment cannot be used (refused at start), or ``None``."""
+    try:
+        configured, _ = binds_module.binds_from_env(os.environ)
+    except BindRefused as exc:
+        return ["127.0.0.1:8000"], False, str(exc)
+    if configured:
+        return configured, False, None
+    try:
+        port = int(os.environ.get("PORT", DEFAULT_PORT))
+    except ValueError:
+        port = DEFAULT_PORT
+    found = machine_addresses()
+    return binds_module.default_binds(port, found), not found, None
+
+
+def _inherited_fds() -> list[int]:
+    """The sockets systemd passes (``LISTEN_FDS``), which gunicorn serves instead of ``bind``.
+    Read without unsetting them: gunicorn reads them itself after the check."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
+            return []
+        count = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    return list(range(3, 3 + max(count, 0)))
+
+
+def load_states(server: Any) -> list[GuardState]:
+    """The guard states of the app ``server`` (a gunicorn Arbiter) serves, loaded once in the
+    master (workers load their own, as without this module, unless ``preload_app`` is on)."""
+    wsgi = server.app.wsgi() if server.cfg.preload_app else server.app.load()
+    return find_guard_states(wsgi)
+
+
+def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
+    """The checked binds of ``server``: its ``bind`` setting and the sockets systemd passes.
+    Raises :class:`BindRefused` naming every refused bind, or when no app uses flask-tailnet."""
+    if not states:
+        raise BindRefused(
+            "the app gunicorn loads does not use flask-tailnet, so nothing would guard it: "
+            "add `TailnetGuard(app)` to it, or serve it without flask_tailnet.gunicorn"
+        )
+    if _ENV_PROBLEM is not None:
+        raise BindRefused(_ENV_PROBLEM)
+    _, allow_env = binds_module.binds_from_env(os.environ)
+    app_binds = [getattr(state.settings, "bind", None) for state in states]
+    if list(server.cfg.bind) == bind and not _FROM_ENV and any(app_binds):
+        # Neither -b nor TAILNET_BIND: the app's own TAILNET_BIND replaces the default.
+        server.cfg.set("bind", list(next(b for b in app_binds if b)))
+    specs = [*server.cfg.bind, *(f"fd://{fd}" for fd in _inherited_fds())]
+    checked: list[Bind] = []
+    for state in states:  # several apps behind one dispatcher: each one's policy must agree
+        allow_app = bool(getattr(state.settings, "allow_wildcard_bind", False))
+        checked = binds_module.check_binds(
+            specs,
+            network=state.settings.network,
+            allow_wildcard=allow_env or allow_app,
+            sockname=binds_module.fd_sockname,
+        )
+    return checked
+
+
+def prepare(state: GuardState) -> bytes:
+    """Create the state directory, the token and the session key if missing (before any worker
+    exists, so workers never race to create them); return the token."""
+    ensure_private_dir(state.settings.state_dir)
+    state.sessions.key_file.ensure()
+    return state.token_file.ensure()
+
+
+# ---- gunicorn hooks -------------------------------------------------------------------------
+
+
+def _refuse(server: Any, message: str) -> None:
+    print(f"flask-tailnet: refusing to serve: {message}", file=sys.stderr, flush=True)
+    if getattr(server, "pidfile", None) is not None:
+        server.pidfile.unlink()
+    raise SystemExit(1)
+
+
+def on_starting(server: Any) -> None:
+    """gunicorn hook, in the master before any socket is bound: check the binds and prepare the
+    state, or exit 1 with a message that says what to do."""
+    if not isinstance(server.log, RedactingLogger):
+        server.log.warning(
+            "flask-tailnet: logger_class %s does not redact ?token= links, Authorization and "
+            "cookies; use flask_tailnet.gunicorn.RedactingLogger or a subclass of it",
+            type(server.log).__name__,
+        )
+    try:
+        states = load_states(server)
+        checked = check(server, states)
+        tokens = [prepare(state) for state in states]
+    except BindRefused as exc:
+        _refuse(server, str(exc))
+        return
+    except UnsafeSecretFile as exc:
+        _refuse(server, f"{exc}; fix it, or set TAILNET_STATE_DIR to a private directory")
+        return
+    except OSError as exc:
+        _refuse(server, f"cannot create the state: {exc.strerror} ({exc.filename})")
+        return
+    if _LOOPBACK_ONLY and list(server.cfg.bind) == bind:
+        server.log.info(
+            "flask-tailnet: no tailnet address found on this machine (is Tailscale up?); "
+            "binding loopback only"
+        )
+    for item in checked:
+        if item.kind == "unix":
+            server.log.info(
+                "flask-tailnet: %s is a Unix socket: the proxy in front of it must be listed in "
+                "TAILNET_TRUSTED_PROXIES",
+                item.spec,
+            )
+    server.flask_tailnet = Prepared(tuple(checked), tokens[0])
+
+
+def when_ready(server: Any) -> None:
+    """gunicorn hook, once the sockets are bound: print the login URLs once, to the terminal."""
+    prepared: Prepared | None = getattr(server, "flask_tailnet", None)
+    if prepared is None:
+        return
+    urls = login_urls(prepared.binds, prepared.token, machine_addresses())
+    if urls:
+        print(
+            "flask-tailnet: to log in from another tailnet device, open one of these "
+            "(anyone with the link is logged in: share it with care):\n"
+            + "\n".join(f"    {url}" for url in urls),
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def on_reload(server: Any) -> None:
+    """gunicorn hook after SIGHUP re-read the settings, before new workers start: a refused bind
+    stops the server (exit 1) instead of serving it."""
+    try:
+        check(server, load_states(server))
+    except BindRefused as exc:
+        raise HaltServer(f"flask-tailnet: refusing to serve: {exc}", 1) from None
+
+
+# ---- flask tailnet serve --------------------------------------------------------------------
+
+
+class FlaskApplication(Application):  # type: ignore[misc]
+    """gunicorn serving an already loaded Flask app: this module's settings first, then a
+    ``-c`` config file, ``GUNICORN_CMD_ARGS`` and ``argv``, as ``gunicorn`` would apply them.
+    The bind check and the state preparation run even when a config file sets its own hooks."""
+
+    def __init__(self, app: Flask, argv: Sequence[str]) -> None:
+        self.flask_app = app
+        self.argv = list(argv)
+        super().__init__("flask tailnet serve [GUNICORN OPTIONS]", prog="flask tailnet serve")
+
+    def init(self, parser: Any, opts: Any, args: Any) -> None:
+        return None
+
+    def load_config(self) -> None:
+        parser = self.cfg.parser()
+        args = parser.parse_args(self.argv)
+        if args.args:
+            raise ConfigError(
+                f"unexpected {' '.join(args.args)!r}: the app is the one `flask --app` names"
+            )
+        for name, value in _settings().items():
+            self.cfg.set(name, value)
+        env_args = parser.parse_args(self.cfg.get_cmd_args_from_env())
+        config = args.config or env_args.config
+        if config:
+            self.load_config_from_file(config)
+        for given in (env_args, args):
+            for name, value in vars(given).items():
+                if value is not None and name != "args":
+                    self.cfg.set(name.lower(), value)
+        for name, ours in _HOOKS.items():
+            theirs = self.cfg.settings[name].get()
+            if theirs is not ours:
+                self.cfg.set(name, _both(ours, theirs))
+
+    def load(self) -> Flask:
+        return self.flask_app
+
+
+def _both(first: Any, then: Any) -> Any:
+    def hook(server: Any) -> None:
+        first(server)
+        then(server)
+
+    return hook
+
+
+def serve(app: Flask, argv: Sequence[str]) -> None:
+    """Run ``app`` under gunicorn with this module's settings; ``argv`` are gunicorn options."""
+    FlaskApplication(app, argv).run()
+
+
+# ---- gunicorn settings ----------------------------------------------------------------------
+
+bind, _LOOPBACK_ONLY, _ENV_PROBLEM = _default_bind()
+_FROM_ENV = _ENV_PROBLEM is None and binds_module.binds_from_env(os.environ)[0] is not None
+logger_class = RedactingLogger
+_HOOKS = {"on_starting": on_starting, "when_ready": when_ready, "on_reload": on_reload}
+
+
+def _settings() -> dict[str, Any]:
+    """The gunicorn settings this module sets (its lower-case names gunicorn knows)."""
+    return {"bind": list(bind), "logger_class": logger_class, **_HOOKS}
