@@ -345,17 +345,17 @@ def binds_from_env(environ: Mapping[str, str]) -> tuple[list[str] | None, bool]:
 
 
 def bind_specs(value: object) -> list[str]:
-    """A ``TAILNET_BIND`` value as a list of specs: a list of strings, a JSON list, or one string
-    of specs separated by commas or spaces. Raises :class:`BindRefused` for anything else."""
+    """A ``TAILNET_BIND`` value as a list of specs: a list (or tuple) of strings, a JSON list of
+    strings, or one string of specs separated by commas or spaces (``[::1]:8000`` is not JSON, so
+    it is a spec). Raises :class:`BindRefused` for anything else."""
     if isinstance(value, str):
-        stripped = value.strip()
-        if stripped.startswith("["):
-            try:
-                value = json.loads(stripped)
-            except (ValueError, RecursionError):
-                raise BindRefused(f"{BIND} is not a JSON list of strings: {_show(value)}") from None
-        else:
-            return [v for v in stripped.replace(",", " ").split() if v]
+        try:
+            decoded = json.loads(value)
+        except (ValueError, RecursionError):
+            return [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(decoded, list):
+            return [v for v in value.replace(",", " ").split() if v]
+        value = decoded
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return [v.strip() for v in value if v.strip()]
     raise BindRefused(f"{BIND} must be a list of bind specs such as 127.0.0.1:8000")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .addresses import Network, parse_networks
+from .binds import BindRefused, bind_specs, parse_bind
 from .hosts import HostRule, parse_host_rule
 
 PolicyName = Literal["tailnet", "local", "any"]
@@ -61,6 +62,16 @@ LOGIN_LIMITS = "TAILNET_LOGIN_LIMITS"
 #: by every worker and host that uses it).
 RATELIMIT_STORAGE_URI = "TAILNET_RATELIMIT_STORAGE_URI"
 
+#: Where ``flask_tailnet.gunicorn`` (and ``flask tailnet serve``) listen: gunicorn bind specs
+#: (``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, ``fd://N``). Empty means loopback plus this
+#: machine's tailnet addresses; gunicorn's ``--bind`` overrides both. Every bind is checked before
+#: any worker starts (wildcard, public and, unless the network is ``"local"``, LAN addresses are
+#: refused); here only the spelling is checked. The same name works as an environment variable.
+BIND = "TAILNET_BIND"
+#: Let a bind on the wildcard address (``0.0.0.0``, ``[::]``) pass the bind check: only for a
+#: container whose published port is bound to a tailnet address (``-p 100.x.y.z:8000:8000``).
+ALLOW_WILDCARD_BIND = "TAILNET_ALLOW_WILDCARD_BIND"
+
 DEFAULTS: Mapping[str, Any] = {
     NETWORK: "tailnet",
     ALLOWLIST: (),
@@ -78,6 +89,8 @@ DEFAULTS: Mapping[str, Any] = {
     SESSION_LIFETIME: 12 * 3600,
     LOGIN_LIMITS: "5 per minute; 30 per hour",
     RATELIMIT_STORAGE_URI: "memory://",
+    BIND: (),
+    ALLOW_WILDCARD_BIND: False,
 }
 
 
@@ -105,6 +118,8 @@ class Settings:
     session_lifetime: float
     login_limits: str
     ratelimit_storage_uri: str
+    bind: tuple[str, ...]
+    allow_wildcard_bind: bool
 
 
 def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Settings:
@@ -144,6 +159,11 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
             f"{AUTH} is {auth!r}; use 'auto' (the default), 'pam', 'password' or 'token'"
         )
     pam_users = get(PAM_USERS)
+    allow_wildcard_bind = get(ALLOW_WILDCARD_BIND)
+    if not isinstance(allow_wildcard_bind, bool):
+        raise ConfigurationError(
+            f"{ALLOW_WILDCARD_BIND} must be True or False, not {allow_wildcard_bind!r}"
+        )
     return Settings(
         network=network,
         allowlist=_networks(ALLOWLIST, get(ALLOWLIST)),
@@ -161,6 +181,8 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
         session_lifetime=_seconds(SESSION_LIFETIME, get(SESSION_LIFETIME)),
         login_limits=_text(LOGIN_LIMITS, get(LOGIN_LIMITS)),
         ratelimit_storage_uri=_text(RATELIMIT_STORAGE_URI, get(RATELIMIT_STORAGE_URI)),
+        bind=_binds(get(BIND)),
+        allow_wildcard_bind=allow_wildcard_bind,
     )
 
 
@@ -214,6 +236,18 @@ def _networks(key: str, value: Any) -> tuple[Network, ...]:
         raise ConfigurationError(
             f"{key}: {exc}; give IP addresses or CIDRs such as 100.64.0.0/10"
         ) from None
+
+
+def _binds(value: Any) -> tuple[str, ...]:
+    """The spelling of each bind spec; whether it may be bound is decided in the gunicorn
+    master, which knows the network policy of every app it serves."""
+    try:
+        specs = bind_specs(value)
+        for spec in specs:
+            parse_bind(spec)
+    except BindRefused as exc:
+        raise ConfigurationError(f"{BIND}: {exc}") from None
+    return tuple(specs)
 
 
 def _host_rule(entry: str) -> HostRule:

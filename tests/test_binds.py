@@ -10,9 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flask_tailnet import TailnetGuard
+from flask_tailnet import binds as binds_module
+from flask_tailnet import settings as settings_module
 from flask_tailnet.binds import (
     Bind,
     BindRefused,
@@ -463,9 +467,7 @@ def test_binds_from_env(environ: dict[str, str], expected: tuple[list[str] | Non
     [
         pytest.param({"TAILNET_ALLOW_WILDCARD_BIND": "maybe"}, "true or false", id="flag-word"),
         pytest.param({"TAILNET_ALLOW_WILDCARD_BIND": "2"}, "true or false", id="flag-number"),
-        pytest.param({"TAILNET_BIND": "[not json"}, "JSON list", id="bad-json"),
         pytest.param({"TAILNET_BIND": "[1, 2]"}, "list of bind specs", id="json-not-strings"),
-        pytest.param({"TAILNET_BIND": "[" * 100_000}, "JSON list", id="deep-json"),
         pytest.param(
             {"TAILNET_BIND": "127.0.0.1:80", "FLASK_TAILNET_BIND": "0.0.0.0:80"},
             "set one",
@@ -489,13 +491,23 @@ def test_binds_from_env_refuses(environ: dict[str, str], refusal: str) -> None:
         pytest.param(["127.0.0.1:80", " [::1]:80 ", ""], ["127.0.0.1:80", "[::1]:80"], id="list"),
         pytest.param(("unix:/a b",), ["unix:/a b"], id="tuple-keeps-spaces"),
         pytest.param("127.0.0.1:80,[::1]:80", ["127.0.0.1:80", "[::1]:80"], id="text"),
+        pytest.param("[::1]:8000", ["[::1]:8000"], id="bracketed-spec-is-not-json"),
+        pytest.param("[::1]", ["[::1]"], id="bracketed-address-is-not-json"),
+        pytest.param('["[::1]:80"]', ["[::1]:80"], id="json-list"),
+        pytest.param("8000", ["8000"], id="json-number-is-a-spec"),
+        pytest.param('"x"', ['"x"'], id="json-string-is-a-spec"),
+        pytest.param("[" * 100_000, ["[" * 100_000], id="deep-json-is-text"),
+        pytest.param("[not json", ["[not", "json"], id="broken-json-is-text"),
+        pytest.param("[]", [], id="empty-json-list"),
     ],
 )
 def test_bind_specs(value: object, expected: list[str]) -> None:
     assert bind_specs(value) == expected
 
 
-@pytest.mark.parametrize("value", [None, 8000, [8000], {"127.0.0.1:80": 1}, b"127.0.0.1:80"])
+@pytest.mark.parametrize(
+    "value", [None, 8000, [8000], {"127.0.0.1:80": 1}, b"127.0.0.1:80", "[1, 2]", '["a", 1]']
+)
 def test_bind_specs_refuses(value: object) -> None:
     with pytest.raises(BindRefused, match="list of bind specs"):
         bind_specs(value)
@@ -542,3 +554,43 @@ def test_an_allowed_address_is_one_the_policy_admits_or_loopback(
     assert bind.ip is not None
     assert not bind.ip.is_unspecified
     assert not bind.ip.is_global or bind.ip in ipaddress.ip_network("100.64.0.0/10")
+
+
+# ---- the settings -------------------------------------------------------------------------------
+
+
+def test_setting_names_agree() -> None:
+    assert (binds_module.BIND, binds_module.ALLOW_WILDCARD_BIND) == (
+        settings_module.BIND,
+        settings_module.ALLOW_WILDCARD_BIND,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param((), (), id="default-empty"),
+        pytest.param(["127.0.0.1:8000", "[::1]:8000"], ("127.0.0.1:8000", "[::1]:8000"), id="list"),
+        pytest.param(
+            "127.0.0.1:8000, unix:/run/a.sock", ("127.0.0.1:8000", "unix:/run/a.sock"), id="text"
+        ),
+        pytest.param('["100.64.0.1:80"]', ("100.64.0.1:80",), id="json-from-prefixed-env"),
+        # Only the spelling is checked here; the gunicorn master refuses these.
+        pytest.param(["0.0.0.0:8000"], ("0.0.0.0:8000",), id="wildcard-spelled-right"),
+        pytest.param(["example.com:80"], ("example.com:80",), id="name-spelled-right"),
+    ],
+)
+def test_bind_setting(tmp_path: Path, value: object, expected: tuple[str, ...]) -> None:
+    app = Flask("binds")
+    app.config.update(TAILNET_BIND=value, TAILNET_STATE_DIR=str(tmp_path / "state"))
+    TailnetGuard(app)
+    settings = app.extensions["tailnet"].settings
+    assert settings.bind == expected
+    assert settings.allow_wildcard_bind is False
+
+
+def test_allow_wildcard_bind_setting(tmp_path: Path) -> None:
+    app = Flask("wild")
+    app.config.update(TAILNET_ALLOW_WILDCARD_BIND=True, TAILNET_STATE_DIR=str(tmp_path / "s"))
+    TailnetGuard(app)
+    assert app.extensions["tailnet"].settings.allow_wildcard_bind is True

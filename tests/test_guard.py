@@ -230,6 +230,13 @@ BAD_SETTINGS = [
     pytest.param({"TAILNET_STATE_DIR": ""}, "TAILNET_STATE_DIR", id="state-dir-empty"),
     pytest.param({"TAILNET_REALM": 'a"b'}, "TAILNET_REALM", id="realm-quote"),
     pytest.param({"TAILNET_NETWRK": "local"}, "TAILNET_NETWRK", id="typo-in-key"),
+    pytest.param({"TAILNET_BIND": 8000}, "TAILNET_BIND", id="bind-not-a-list"),
+    pytest.param({"TAILNET_BIND": [8000]}, "TAILNET_BIND", id="bind-entry-not-text"),
+    pytest.param({"TAILNET_BIND": ["127.0.0.1:http"]}, "not a port", id="bind-bad-port"),
+    pytest.param({"TAILNET_BIND": "::1:8000"}, "brackets", id="bind-ipv6-unbracketed"),
+    pytest.param({"TAILNET_BIND": ["[::1]x"]}, "TAILNET_BIND", id="bind-junk-after-bracket"),
+    pytest.param({"TAILNET_ALLOW_WILDCARD_BIND": "yes"}, "True or False", id="wildcard-string"),
+    pytest.param({"TAILNET_ALLOW_WILDCARD_BIND": 1}, "True or False", id="wildcard-int"),
 ]
 
 
