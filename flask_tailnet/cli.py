@@ -18,7 +18,7 @@ from urllib.parse import quote_from_bytes
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
 from .extension import GuardState, guard_state
@@ -253,3 +253,25 @@ def url_command(port: int, scheme: str) -> None:
 def url_host(address: str) -> str:
     """``address`` as the host of a URL: IPv6 in brackets."""
     return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+
+
+@tailnet.command(
+    "serve",
+    with_appcontext=False,  # a worker forked inside the CLI's app context would share its ``g``
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def serve_command(info: ScriptInfo, gunicorn_args: tuple[str, ...]) -> None:
+    """Serve the app under gunicorn with flask_tailnet.gunicorn's defaults: loopback and this
+    machine's tailnet addresses, every bind checked first. Options go to gunicorn (-b, -w, -k,
+    --threads, --access-logfile; see gunicorn --help)."""
+    try:
+        from .gunicorn import serve  # noqa: PLC0415 - gunicorn is an optional extra
+    except ImportError as exc:
+        if exc.name != "gunicorn" and not (exc.name or "").startswith("gunicorn."):
+            raise
+        raise click.ClickException(
+            "gunicorn is not installed: pip install 'flask-tailnet[gunicorn]'"
+        ) from None
+    serve(info.load_app(), gunicorn_args)

@@ -262,18 +262,17 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
     if _ENV_PROBLEM is not None:
         raise BindRefused(_ENV_PROBLEM)
     _, allow_env = binds_module.binds_from_env(os.environ)
-    app_binds = [getattr(state.settings, "bind", None) for state in states]
+    app_binds = [state.settings.bind for state in states]
     if list(server.cfg.bind) == bind and not _FROM_ENV and any(app_binds):
         # Neither -b nor TAILNET_BIND: the app's own TAILNET_BIND replaces the default.
         server.cfg.set("bind", list(next(b for b in app_binds if b)))
     specs = [*server.cfg.bind, *(f"fd://{fd}" for fd in _inherited_fds())]
     checked: list[Bind] = []
     for state in states:  # several apps behind one dispatcher: each one's policy must agree
-        allow_app = bool(getattr(state.settings, "allow_wildcard_bind", False))
         checked = binds_module.check_binds(
             specs,
             network=state.settings.network,
-            allow_wildcard=allow_env or allow_app,
+            allow_wildcard=allow_env or state.settings.allow_wildcard_bind,
             sockname=binds_module.fd_sockname,
         )
     return checked
