@@ -81,6 +81,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,}")
+_TOKEN_PARAM_RE = re.compile(r"(token=)[^\s&#]+")
 
 
 # --- wrk --------------------------------------------------------------------------------------
@@ -188,6 +189,8 @@ class Server:
     binds: tuple[str, ...]
     command: list[str]
     log: Path
+    #: Secrets to blank out of the log before it is shown (the master prints login URLs).
+    secrets: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str]) -> None:
@@ -262,9 +265,12 @@ class Server:
 
     def tail(self) -> str:
         try:
-            return self.log.read_text(errors="replace")[-2000:]
+            text = self.log.read_text(errors="replace")
         except OSError:
             return "(no log)"
+        for secret in self.secrets:
+            text = text.replace(secret, "<redacted>")
+        return _TOKEN_PARAM_RE.sub(r"\1<redacted>", text)[-2000:]
 
 
 def gunicorn_command(
@@ -701,10 +707,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 binds = (LOOPBACK,)
 
+            def stop_all() -> None:
+                for each in servers:
+                    each.stop()
+
+            # Runs before the address is removed (and again, harmlessly, in the outer finally).
+            stack.callback(stop_all)
+
             def server(name: str, app: str, cfg: str | None) -> Server:
                 port = free_port(binds)
                 command = gunicorn_command(app, binds, port, args.workers, args.worker_class, cfg)
-                made = Server(name, port, binds, command, work / f"{name}.log")
+                made = Server(name, port, binds, command, work / f"{name}.log", (token,))
                 servers.append(made)
                 return made
 
