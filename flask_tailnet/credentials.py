@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -21,7 +22,8 @@ from .pamauth import PamVerifier
 from .passwords import Password, PasswordSource
 from .peer import Peer, logged_in
 from .secretfile import SecretFile
-from .sessions import SessionCodec, SessionMethod
+from .sessions import Session, SessionCodec, SessionMethod
+from .watch import RECHECK_SECONDS
 
 
 class Decision(enum.Enum):
@@ -138,6 +140,14 @@ class SessionCookie:
     Passes when there is no valid cookie (a stale one is not an error: the browser is sent to the
     login page). A cookie-authenticated unsafe request or WebSocket upgrade from another site is
     refused (403), as on the loopback bypass.
+
+    A ``Cookie`` header whose session was verified is remembered with the state directory's watch
+    generation (see :mod:`flask_tailnet.watch`): while nothing in the directory changed, for at
+    most :data:`~flask_tailnet.watch.RECHECK_SECONDS`, and while the session is within its
+    lifetime, the same header is served without verifying it again. The session key, the token
+    and the password file are all in that directory, so a rotation, a new password file or a new
+    session key ends the shortcut at once, as it ends the session. A session made with the
+    password variable is re-verified on every request: the variable is not in the directory.
     """
 
     def __init__(self, name: str, codec: SessionCodec, credentials: LoginCredentials) -> None:
@@ -145,11 +155,40 @@ class SessionCookie:
         self.codec = codec
         self.credentials = credentials
         self._prefix = name + "="
+        self._watch = codec.key_file.watch
+        shared = {credentials.token_file.watch, credentials.passwords.file.watch}
+        self._memo_enabled = shared == {self._watch}
+        self._memo: dict[str, tuple[int, float, Session]] = {}
 
     def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         header = environ.get("HTTP_COOKIE")
         if not header or self._prefix not in header:
             return None
+        memo = self._memo.get(header)
+        if (
+            memo is not None
+            and memo[0] == self._watch.generation()
+            and _monotonic() < memo[1]
+            and self.codec.in_lifetime(memo[2])
+        ):
+            session = memo[2]
+        else:
+            found = self._verify(header)
+            if found is None:
+                return None
+            session = found
+        if environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ:
+            host = environ.get(PROXY_FIX_ORIG, environ).get("HTTP_HOST")
+            if cross_site(environ, host):
+                return FORBID
+        return logged_in(peer, "session", session.user)
+
+    def _verify(self, header: str) -> Session | None:
+        """The session of ``header``'s cookie, verified in full, remembered when it may be."""
+        generation = self._watch.generation()  # before the files are read: a change after is seen
+        recheck_at = _monotonic() + RECHECK_SECONDS
+        memo = self._memo
+        memo.pop(header, None)
         session = self.codec.open(
             cookie_value(header, self.name), self.credentials.session_credential
         )
@@ -157,11 +196,17 @@ class SessionCookie:
             return None
         if session.method == "pam" and not self.credentials.pam_user_allowed(session.user):
             return None
-        if environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ:
-            host = environ.get(PROXY_FIX_ORIG, environ).get("HTTP_HOST")
-            if cross_site(environ, host):
-                return FORBID
-        return logged_in(peer, "session", session.user)
+        if self._memo_enabled and (
+            session.method != "password" or not self.credentials.passwords.from_env()
+        ):
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[header] = (generation, recheck_at, session)
+        return session
+
+
+_MEMO_LIMIT = 1024
+_monotonic = time.monotonic
 
 
 def cookie_value(header: str, name: str) -> str | None:

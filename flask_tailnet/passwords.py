@@ -62,6 +62,10 @@ class PasswordSource:
         self._last = (source, password)
         return password
 
+    def from_env(self) -> bool:
+        """True when the variable holds the password in force (it is set and not empty)."""
+        return bool(self._environ.get(self.env_name))
+
     def verify(self, presented: str) -> bool:
         """True if ``presented`` is the password in force. False when there is none, for an empty
         or over-long attempt, one with a NUL byte, and anything that cannot be encoded; never

@@ -14,8 +14,11 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from .watch import RECHECK_SECONDS, watch_for
 
 log = logging.getLogger("flask_tailnet")
 
@@ -23,6 +26,9 @@ _MAX_SIZE = 64 * 1024
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _StatKey = tuple[int, int, int, int]
+#: (watch generation, when to re-check anyway, stat key or None when missing, the secret)
+_Cached = tuple[int, float, _StatKey | None, bytes | None]
+_monotonic = time.monotonic
 
 
 class UnsafeSecretFile(Exception):
@@ -77,9 +83,12 @@ def directory_problem(directory: Path) -> str | None:
 class SecretFile:
     """One secret file in a private directory.
 
-    :meth:`read` costs one ``lstat`` when nothing changed; the file is re-read and re-checked only
-    when its (inode, mtime, ctime, size) changed, so a replacement by rename, an edit, or a
-    ``chmod`` takes effect on the next call in every process.
+    :meth:`read` costs one poll of the directory's watch when nothing changed (see
+    :mod:`flask_tailnet.watch`; one ``lstat`` where the directory is not watched). The file is
+    looked at again when the watch saw an event in the directory, and at least once a second; it
+    is re-read and re-checked when its (inode, mtime, ctime, size) changed or an event arrived,
+    so a replacement by rename, an edit, or a ``chmod`` takes effect on the next call in every
+    process.
     """
 
     def __init__(
@@ -89,31 +98,51 @@ class SecretFile:
         self.path = directory / name
         self._path = str(self.path)
         self._generate = generate
-        self._cached: tuple[_StatKey, bytes | None] | None = None
+        #: The watch of ``directory``, shared by every secret file in it.
+        self.watch = self._watch = watch_for(directory)
+        self._cached: _Cached | None = None
 
     def read(self, *, create: bool = False) -> bytes | None:
         """The secret, stripped of surrounding whitespace; ``None`` when the file is missing (and
         ``create`` is false or creation failed), untrusted, unreadable or empty. Never raises."""
+        generation = self._watch.generation()
+        cached = self._cached
+        if (
+            cached is not None
+            and cached[0] == generation
+            and (cached[2] is not None or not create)
+            and _monotonic() < cached[1]
+        ):
+            return cached[3]
+        return self._check(create, generation, cached)
+
+    def _check(self, create: bool, generation: int, cached: _Cached | None) -> bytes | None:
+        """The slow path of :meth:`read`: one ``lstat``, and a full check and read when the file
+        changed, or when the directory watch saw an event (a chmod of the directory included)."""
+        watch = self._watch
+        if not watch.armed:
+            watch.arm()  # before the lstat: a change after it is then an event
+            if watch.armed:
+                generation, cached = watch.generation(), None
+        elif cached is not None and cached[0] != generation:
+            cached = None
         try:
             st = os.lstat(self._path)
         except OSError:
-            return self._reload(create)
-        cached = self._cached
-        if cached is not None and cached[0] == (
-            st.st_ino,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_size,
-        ):
-            return cached[1]
-        return self._reload(create)
+            return self._reload(create, generation)
+        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if cached is not None and cached[2] == key:
+            self._cached = (generation, _monotonic() + RECHECK_SECONDS, key, cached[3])
+            return cached[3]
+        return self._reload(create, generation)
 
-    def _reload(self, create: bool) -> bytes | None:
+    def _reload(self, create: bool, generation: int) -> bytes | None:
         for _ in range(3):
             try:
                 st = os.lstat(self._path)
             except FileNotFoundError:
                 if not create:
+                    self._cached = (generation, _monotonic() + RECHECK_SECONDS, None, None)
                     return None
                 create = False
                 try:
@@ -132,7 +161,8 @@ class SecretFile:
                 value = None
             except _Changed:
                 continue
-            self._cached = ((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size), value)
+            key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            self._cached = (generation, _monotonic() + RECHECK_SECONDS, key, value)
             return value
         return None
 

@@ -133,6 +133,11 @@ class SessionCodec:
             keyed = self._keyed = _Keyed(key, self.salt, self._now)
         return keyed
 
+    def in_lifetime(self, session: Session) -> bool:
+        """True while ``session`` is within its lifetime, and its issue time not in the future by
+        more than :data:`MAX_CLOCK_SKEW`."""
+        return -MAX_CLOCK_SKEW <= self._now() - session.issued_at <= self.lifetime
+
     def fingerprint(self, credential: bytes) -> str | None:
         """The credential's fingerprint: a keyed HMAC, useless without the server's key.
         ``None`` when the credential is empty or the key is unusable."""
@@ -184,7 +189,7 @@ class SessionCodec:
                 keyed.opened.clear()
             keyed.opened[cookie] = opened
         session, presented = opened
-        if not -MAX_CLOCK_SKEW <= self._now() - session.issued_at <= self.lifetime:
+        if not self.in_lifetime(session):
             return None
         credential = current_credential(session.method)
         if not credential:

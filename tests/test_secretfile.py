@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from flask_tailnet import secretfile, watch
 from flask_tailnet.attempts import secret_matches
 from flask_tailnet.cli import tailnet
 from flask_tailnet.secretfile import SecretFile, UnsafeSecretFile
@@ -211,10 +212,7 @@ def test_replacement_by_rename_and_in_place_edit_are_seen(
     assert remote(client, "edited-in-place-token-xyz") == 200
 
 
-def test_one_stat_per_request_when_unchanged(
-    app: Flask, client: Any, token: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert remote(client, token) == 200
+def _count_file_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real_lstat, real_open = os.lstat, os.open
 
@@ -228,9 +226,53 @@ def test_one_stat_per_request_when_unchanged(
 
     monkeypatch.setattr(os, "lstat", count_lstat)
     monkeypatch.setattr(os, "open", count_open)
+    return calls
+
+
+@pytest.mark.skipif(not watch.AVAILABLE, reason="inotify is Linux only")
+def test_no_file_call_per_request_when_unchanged_and_watched(
+    app: Flask, client: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert remote(client, token) == 200
+    assert remote(client, token) == 200  # the watch is armed by now
+    calls = _count_file_calls(monkeypatch)
+    for _ in range(5):
+        assert remote(client, token) == 200
+    assert calls == []
+
+
+def test_one_stat_per_request_when_unchanged_and_unwatched(
+    app: Flask, client: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unwatched(monkeypatch)
+    assert remote(client, token) == 200
+    calls = _count_file_calls(monkeypatch)
     for _ in range(5):
         assert remote(client, token) == 200
     assert calls == ["lstat"] * 5
+
+
+def test_watched_file_is_looked_at_again_after_the_recheck_interval(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = SecretFile(state_dir, "token")
+    value = secret.ensure()
+    assert secret.read() == value
+    assert secret.read() == value
+    now = [time.monotonic()]
+    monkeypatch.setattr(secretfile, "_monotonic", lambda: now[0])
+    calls = _count_file_calls(monkeypatch)
+    assert secret.read() == value
+    assert calls == []
+    now[0] += watch.RECHECK_SECONDS + 0.01
+    assert secret.read() == value
+    assert calls == ["lstat"]
+
+
+def _unwatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a system without inotify: every file falls back to an lstat per check."""
+    monkeypatch.setattr(watch, "AVAILABLE", False)
+    watch.disarm_all()
 
 
 def test_token_created_on_first_need(app: Flask, client: Any, state_dir: Path) -> None:
