@@ -107,8 +107,9 @@ def test_serve_without_gunicorn_says_how_to_install_it(tmp_path: Path) -> None:
 
 
 def test_serve_without_gunicorn_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n.startswith(("gunicorn.", "flask_tailnet.gunicorn"))]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "gunicorn", None)
-    monkeypatch.delitem(sys.modules, "flask_tailnet.gunicorn", raising=False)
     app = create_app({"TAILNET_STATE_DIR": str(tmp_path / "state")})
     result = app.test_cli_runner().invoke(tailnet, ["serve", "-b", "127.0.0.1:1"])
     assert result.exit_code == 1
