@@ -385,6 +385,7 @@ class PathResult:
     cpu: dict[str, float] = field(default_factory=lambda: {"guarded": 0.0, "bare": 0.0})
     counted: dict[str, int] = field(default_factory=lambda: {"guarded": 0, "bare": 0})
     cpu_known: bool = True
+    cpu_ratios: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -398,10 +399,11 @@ class PathResult:
 
     @property
     def cpu_ratio(self) -> float | None:
-        """Bare CPU per request / guarded: the throughput ratio of a CPU-bound server, much
-        less moved by other programs than the wall-clock ratio."""
-        guarded, bare = self.cpu_per_request("guarded"), self.cpu_per_request("bare")
-        return bare / guarded if guarded and bare else None
+        """Median over rounds of bare CPU per request / guarded: the throughput ratio of a
+        CPU-bound server, much less moved by other programs than the wall-clock ratio."""
+        if not self.cpu_known or not self.cpu_ratios:
+            return None
+        return statistics.median(self.cpu_ratios)
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -422,6 +424,9 @@ class PathResult:
             else:
                 self.cpu[side] += burst.cpu
                 self.counted[side] += burst.requests
+        if guarded.cpu and bare.cpu and guarded.requests and bare.requests:
+            per_guarded = guarded.cpu / guarded.requests
+            self.cpu_ratios.append(bare.cpu / bare.requests / per_guarded)
         self.guarded_rps.append(guarded.rps)
         self.bare_rps.append(bare.rps)
         self.ratios.append(guarded.rps / bare.rps if bare.rps else 0.0)
@@ -569,9 +574,9 @@ def report(paths: Sequence[PathResult], goals: Sequence[Goal], rounds: int) -> s
         f"req/s: median over {rounds} rounds; ratio: median of the per-round ratios "
         f"(guarded / bare); spread: their {spread}; bare CV: how much the bare side's req/s "
         "moved from round to round (the machine's noise). CPU us/req: user+system CPU of each "
-        "server's master and workers over all its bursts, per request; CPU ratio: bare / "
-        "guarded, the throughput ratio a CPU-bound server would show, little moved by other "
-        "programs.",
+        "server's master and workers over all its bursts, per request; CPU ratio: median of the "
+        "per-round (bare / guarded CPU per request), the throughput ratio a CPU-bound server "
+        "would show, less moved by other programs.",
     ]
     lines += [f"  {p.name}: {p.description}" for p in paths]
     lines.append("")
