@@ -24,9 +24,7 @@ import os
 import random
 import re
 import select
-import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -42,13 +40,19 @@ import pytest
 from flask_tailnet.extension import SESSION_KEY_FILE, TOKEN_FILE
 from flask_tailnet.secretfile import SecretFile
 
-ROOT = Path(__file__).resolve().parent.parent
+from .gunicorn_helpers import (
+    ROOT,
+    Gunicorn,
+    addresses_on_lo,
+    free_port,
+    gunicorn_env,
+    running,
+)
+
 SERVER_V4, CLIENT_V4 = "100.64.0.50", "100.64.0.51"
 SERVER_V6, CLIENT_V6 = "fd7a:115c:a1e0::50", "fd7a:115c:a1e0::51"
 ADDRESSES = [f"{SERVER_V4}/32", f"{CLIENT_V4}/32", f"{SERVER_V6}/128", f"{CLIENT_V6}/128"]
 
-#: The integration under test; the tests fail (they do not skip) while it is missing.
-GUNICORN_CONFIG = "python:flask_tailnet.gunicorn"
 #: The example app plus ``/pid`` (which worker answered).
 PID_APP = "tests.gunicorn_pid_app:create_app()"
 WORKERS = 4
@@ -61,28 +65,10 @@ TOKEN_LINE = re.compile(rb"[A-Za-z0-9_-]{43}\n")
 LOAD_LIMITS = "100000 per minute"
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def tailnet_addresses() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("adding tailnet-range addresses to the loopback interface needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    added = []
-    try:
-        for cidr in ADDRESSES:
-            result = _ip("addr", "add", cidr, "dev", "lo", *(["nodad"] if ":" in cidr else []))
-            if result.returncode == 0:
-                added.append(cidr)
-            elif "File exists" not in result.stderr:
-                pytest.fail(f"ip addr add {cidr} dev lo: {result.stderr.strip()}")
+    with addresses_on_lo(ADDRESSES):
         yield
-    finally:
-        for cidr in added:
-            _ip("addr", "del", cidr, "dev", "lo")
 
 
 # ---- helpers: redaction, the CLI, a gunicorn process -------------------------------------------
@@ -100,7 +86,7 @@ def _redacted(text: str, *known: bytes | str) -> str:
 
 
 def _env(state_dir: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "FLASK_TAILNET_STATE_DIR": str(state_dir), **extra}
+    return gunicorn_env(state_dir, **extra)
 
 
 def _cli(state_dir: Path, *args: str) -> bytes:
@@ -119,103 +105,42 @@ def _cli(state_dir: Path, *args: str) -> bytes:
     return result.stdout.strip()
 
 
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def _accepts(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        return probe.connect_ex((host, port)) == 0
-
-
-def _children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (gunicorn's workers, for its master)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
 @dataclass
-class Gunicorn:
-    proc: subprocess.Popen[bytes]
-    hosts: tuple[str, ...]
+class Server:
+    """A running gunicorn (4 workers of the pid app) on ``hosts`` and one ``port``."""
+
+    gunicorn: Gunicorn
     port: int
     state_dir: Path
-    log_path: Path
 
     def log(self, *known: bytes) -> str:
-        return _redacted(self.log_path.read_text(errors="replace"), *known)
-
-    def wait_for_workers(self, count: int, timeout: float = 30) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            workers = _children(self.proc.pid)
-            if len(workers) >= count:
-                return workers
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn has {len(workers)} of {count} workers: {self.log()}")
-            time.sleep(0.05)
+        return _redacted(self.gunicorn.stderr(), *known)
 
 
 @contextlib.contextmanager
-def running_gunicorn(
+def serving(
     hosts: tuple[str, ...],
     state_dir: Path,
     log_path: Path,
-    *options: str,
+    *,
+    worker_class: str = "sync",
+    extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
-) -> Iterator[Gunicorn]:
-    """``gunicorn -c python:flask_tailnet.gunicorn -w 4 -b <host>:<free port> <pid app>`` in its
-    own process group; yields once every bind accepts connections; stops the whole group afterwards
-    (SIGTERM, then SIGKILL), even on failure."""
-    port = _free_port(hosts[0])
-    binds = [
-        arg
-        for host in hosts
-        for arg in ("-b", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    ]
-    command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "-w", str(WORKERS)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*command, *binds, "--graceful-timeout", "5", *options, PID_APP],
-            cwd=ROOT,
-            env=env if env is not None else _env(state_dir),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Gunicorn(proc, hosts, port, state_dir, log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while not all(_accepts(host, port) for host in hosts):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not start (exit {proc.poll()}): {server.log()}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-        # Workers that outlived their master, or a master that did not stop: the whole group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+) -> Iterator[Server]:
+    """``gunicorn -c python:flask_tailnet.gunicorn -w 4`` serving the pid app on ``hosts`` (one
+    free port), once every worker has booted; the process group is killed afterwards."""
+    port = free_port(hosts[0])
+    with running(
+        [(host, port) for host in hosts],
+        state_dir=state_dir,
+        stderr_path=log_path,
+        workers=WORKERS,
+        worker_class=worker_class,
+        app=PID_APP,
+        extra=extra,
+        env=env,
+    ) as gunicorn:
+        yield Server(gunicorn, port, state_dir)
 
 
 def _get(host: str, port: int, source: str, path: str, token: bytes | None) -> tuple[int, bytes]:
@@ -251,7 +176,7 @@ class Start:
     requests: int = 0
 
 
-def _reach_every_worker(server: Gunicorn, token: bytes, start: Start) -> None:
+def _reach_every_worker(server: Server, token: bytes, start: Start) -> None:
     """Requests with ``token`` from the tailnet client, 8 at a time, each holding its worker for
     50 ms so that the 4 sync workers all get some; until 4 workers answered (and at least 32
     requests were made), at most 400 requests or 15 s."""
@@ -296,9 +221,10 @@ def test_first_start_every_worker_accepts_the_printed_token(
         state_dir.parent.mkdir()
         start = Start()
         starts.append(start)
-        with running_gunicorn((SERVER_V4,), state_dir, state_dir.parent / "gunicorn.log") as server:
-            workers = server.wait_for_workers(WORKERS)
-            # No request and no CLI has touched the state yet: only the master can have made it.
+        with serving((SERVER_V4,), state_dir, state_dir.parent / "gunicorn.log") as server:
+            workers = server.gunicorn.workers()
+            # Every worker has booted, but no request and no CLI has touched the state yet: only
+            # the master can have made it.
             start.prepared = all(
                 (state_dir / name).is_file() for name in (TOKEN_FILE, SESSION_KEY_FILE)
             )
@@ -386,7 +312,7 @@ class Rotation:
     value: bytes
 
 
-def _load(server: Gunicorn, thread: int, end: float, sent: list[Sent]) -> None:
+def _load(server: Server, thread: int, end: float, sent: list[Sent]) -> None:
     """Requests on new connections until ``end`` (at most 100 000); the token is re-read from the
     file after each 401, as a client that was told its token is stale would."""
     host, source = (SERVER_V4, CLIENT_V4) if thread % 2 == 0 else (SERVER_V6, CLIENT_V6)
@@ -415,22 +341,25 @@ def _load(server: Gunicorn, thread: int, end: float, sent: list[Sent]) -> None:
 def test_rotation_under_load(tailnet_addresses: None, tmp_path: Path, worker_class: str) -> None:
     state_dir = tmp_path / "state"
     first = _cli(state_dir, "token")
-    options = ["-k", worker_class, *(["--threads", "4"] if worker_class == "gthread" else [])]
+    threads_option = ("--threads", "4") if worker_class == "gthread" else ()
     env = _env(state_dir, FLASK_TAILNET_LOGIN_LIMITS=LOAD_LIMITS)
     sent: list[Sent] = []
     rotations: list[Rotation] = []
-    with running_gunicorn(
-        (SERVER_V4, SERVER_V6), state_dir, tmp_path / "gunicorn.log", *options, env=env
+    with serving(
+        (SERVER_V4, SERVER_V6),
+        state_dir,
+        tmp_path / "gunicorn.log",
+        worker_class=worker_class,
+        extra=threads_option,
+        env=env,
     ) as server:
-        server.wait_for_workers(WORKERS)
         reader = subprocess.Popen(
             [sys.executable, "-c", READER, str(state_dir / TOKEN_FILE), str(LOAD_SECONDS + 60)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         try:
-            assert reader.stdout is not None
-            assert reader.stdout.readline() == b"ready\n"
+            assert _readline(reader) == b"ready\n"
             began = time.monotonic()
             end = began + LOAD_SECONDS
             threads = [
@@ -496,7 +425,10 @@ def test_rotation_under_load(tailnet_addresses: None, tmp_path: Path, worker_cla
         problems.append(f"{len(stale_accepted)} 200s for a token rotated away before it was sent")
     refused_twice = Counter((s.thread, s.token) for s in sent if s.status == 401)
     if any(count > 1 for count in refused_twice.values()):
-        problems.append("a client got two 401s for one token: it did not re-read the file")
+        problems.append(
+            "a client got two 401s for one token (it did not re-read the file after the first, "
+            "or the server refused the token in force)"
+        )
     per_thread = Counter(thread for thread, _ in refused_twice)
     if len(rotations) < 5 or any(per_thread[n] < len(rotations) - 2 for n in range(LOAD_THREADS)):
         problems.append(f"{len(rotations)} rotations; 401s per client {dict(per_thread)}")
@@ -566,7 +498,7 @@ def _readline(proc: subprocess.Popen[bytes], timeout: float = 10) -> bytes:
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
-        pytest.fail(f"the writer process did not answer within {timeout} s")
+        pytest.fail(f"the child process did not answer within {timeout} s")
     return proc.stdout.readline()
 
 
