@@ -57,9 +57,7 @@ CHANGES: list[Any] = [
     pytest.param("p.chmod(0o644)", None, id="file-opened-to-others"),
     pytest.param("p.parent.chmod(0o755)", None, id="directory-opened-to-others"),
     pytest.param("p.unlink()", None, id="deleted"),
-    pytest.param(
-        "p.unlink(); p.symlink_to('/etc/hostname')", None, id="replaced-by-a-symlink"
-    ),
+    pytest.param("p.unlink(); p.symlink_to('/etc/hostname')", None, id="replaced-by-a-symlink"),
 ]
 
 
@@ -183,7 +181,7 @@ def test_a_verified_session_is_served_from_the_shortcut_until_the_token_rotates(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = make_app(state_dir)
-    cookie, state = _token_session(app)
+    cookie, _ = _token_session(app)
     get = _session_client(app, cookie)
     opened = _count_opens(monkeypatch)
     assert [get(), get(), get(), get()] == [200] * 4
