@@ -44,7 +44,8 @@ class Attempts:
     def __init__(self, budget: AttemptBudget, *, remember: float = 60.0) -> None:
         self.budget = budget
         self.remember = remember
-        self._key = os.urandom(32)
+        # Keyed once; each digest copies it (cheaper than keying a new hash per request).
+        self._keyed = hashlib.blake2b(key=os.urandom(32), digest_size=16)
         self._known: dict[tuple[str | None, bool, bytes], tuple[float, object, Peer]] = {}
         self._token_clients: dict[tuple[str | None, bool], tuple[bytes, Peer]] = {}
         self._failing: set[tuple[str | None, bool]] = set()
@@ -81,7 +82,9 @@ class Attempts:
         and the keyed digest to pass on to :meth:`check` (so it is computed once). A client
         whose last attempt failed gets nothing from memory until it succeeds again, so a guesser
         cannot use remembered successes as an unmetered oracle."""
-        digest = hashlib.blake2b(presented, key=self._key, digest_size=16).digest()
+        hasher = self._keyed.copy()
+        hasher.update(presented)
+        digest = hasher.digest()
         if (anonymous.address, anonymous.via_proxy) in self._failing:
             return None, digest
         known = self._known.get((anonymous.address, anonymous.via_proxy, digest))
