@@ -337,11 +337,20 @@ def _load(server: Server, thread: int, end: float, sent: list[Sent]) -> None:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
-def test_rotation_under_load(tailnet_addresses: None, tmp_path: Path, worker_class: str) -> None:
+@pytest.mark.parametrize(
+    ("worker_class", "extra"),
+    [
+        pytest.param("sync", (), id="sync"),
+        pytest.param("gthread", ("--threads", "4"), id="gthread"),
+        # The app (and its secret files) made in the master, then forked into every worker.
+        pytest.param("sync", ("--preload",), id="sync-preload"),
+    ],
+)
+def test_rotation_under_load(
+    tailnet_addresses: None, tmp_path: Path, worker_class: str, extra: tuple[str, ...]
+) -> None:
     state_dir = tmp_path / "state"
     first = _cli(state_dir, "token")
-    threads_option = ("--threads", "4") if worker_class == "gthread" else ()
     env = _env(state_dir, FLASK_TAILNET_LOGIN_LIMITS=LOAD_LIMITS)
     sent: list[Sent] = []
     rotations: list[Rotation] = []
@@ -350,7 +359,7 @@ def test_rotation_under_load(tailnet_addresses: None, tmp_path: Path, worker_cla
         state_dir,
         tmp_path / "gunicorn.log",
         worker_class=worker_class,
-        extra=threads_option,
+        extra=extra,
         env=env,
     ) as server:
         reader = subprocess.Popen(
@@ -441,7 +450,8 @@ def test_rotation_under_load(tailnet_addresses: None, tmp_path: Path, worker_cla
     if not reader_values <= set(values) or len(reader_values) < 2:
         problems.append(f"the reader saw {len(reader_values)} tokens, not all printed")
     summary = (
-        f"{worker_class}: {len(sent)} requests in {duration:.1f} s, statuses {dict(statuses)}, "
+        f"{' '.join([worker_class, *extra])}: {len(sent)} requests in {duration:.1f} s, "
+        f"statuses {dict(statuses)}, "
         f"errors {dict(errors)}, {len(rotations)} rotations "
         f"(CLI {min((r.ended - r.started for r in rotations), default=0):.2f}-"
         f"{max((r.ended - r.started for r in rotations), default=0):.2f} s), "
