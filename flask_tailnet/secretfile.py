@@ -269,6 +269,7 @@ class SecretFile:
         by ``link`` when creating (the first process wins, the others keep its secret) or by
         ``rename`` when rotating."""
         ensure_private_dir(self.directory)
+        _remove_stale_temporaries(self.directory, self.path.name)
         temp = self.directory / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
         fd = os.open(temp, _OPEN_NEW, 0o600)
         try:
@@ -285,6 +286,34 @@ class SecretFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         _fsync_directory(self.directory)
+
+
+#: A temporary file older than this belongs to a writer that died before its rename.
+_STALE_SECONDS = 60.0
+
+
+def _remove_stale_temporaries(directory: Path, name: str) -> None:
+    """Delete the temporary files ``.<name>.<16 hex>.tmp`` of writers killed between creating and
+    renaming them (a never-used secret each), once they are :data:`_STALE_SECONDS` old, so that
+    repeated crashes do not pile them up. A live writer's file is younger and left alone."""
+    prefix, cutoff = f".{name}.", time.time() - _STALE_SECONDS
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                middle = entry.name[len(prefix) : -len(".tmp")]
+                if not (
+                    entry.name.startswith(prefix)
+                    and entry.name.endswith(".tmp")
+                    and len(middle) == 16
+                    and all(c in "0123456789abcdef" for c in middle)
+                ):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                        os.unlink(entry.path)
+    except OSError:
+        pass
 
 
 class _Changed(Exception):

@@ -666,10 +666,6 @@ def test_kill_the_rotate_command(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SecretFile never removes the temporary file of a writer killed before its rename",
-)
 def test_temporary_files_of_killed_writers_are_cleaned_up(tmp_path: Path) -> None:
     """A writer killed between creating its temporary file and renaming it leaves that file (a
     never-used secret) behind; repeated crashes accumulate them. The next rotation should remove

@@ -411,3 +411,23 @@ def test_creation_race_keeps_the_token_that_won(
 )
 def test_secret_matches_table(presented: bytes, secret: bytes | None, matches: bool) -> None:
     assert secret_matches(presented, secret) is matches
+
+
+def test_a_rotation_removes_only_stale_temporaries_of_dead_writers(state_dir: Path) -> None:
+    secret = SecretFile(state_dir, "token")
+    secret.ensure()
+    stale = state_dir / ".token.0123456789abcdef.tmp"
+    young = state_dir / ".token.fedcba9876543210.tmp"  # a live writer's, mid-write
+    other = state_dir / ".password.0123456789abcdef.tmp"  # another file's
+    odd = state_dir / ".token.not-sixteen-hex.tmp"
+    for path in (stale, young, other, odd):
+        path.write_bytes(b"never used\n")
+        path.chmod(0o600)
+    an_hour_ago = time.time() - 3600
+    for path in (stale, other, odd):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    secret.rotate()
+    assert not stale.exists()
+    assert young.exists()
+    assert other.exists()
+    assert odd.exists()
