@@ -172,6 +172,9 @@ def status_command() -> None:
         + (" (counts per process)" if conf.ratelimit_storage_uri.startswith("memory") else ""),
         f"sessions:         cookie {conf.cookie_name}, {int(conf.session_lifetime)} s",
         f"login page:       {conf.login_prefix}/login",
+        "gunicorn binds:   "
+        + (", ".join(conf.bind) or "loopback and this machine's tailnet addresses (default)")
+        + (", wildcard allowed" if conf.allow_wildcard_bind else ""),
     ]
     click.echo("\n".join(lines))
     if unsafe:
