@@ -29,6 +29,7 @@ def secret_matches(presented: bytes, secret: bytes | None) -> bool:
 
 
 _KNOWN_LIMIT = 4096
+_monotonic = time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +86,11 @@ class Attempts:
         hasher = self._keyed.copy()
         hasher.update(presented)
         digest = hasher.digest()
-        if (anonymous.address, anonymous.via_proxy) in self._failing:
+        address, via_proxy = anonymous.address, anonymous.via_proxy
+        if (address, via_proxy) in self._failing:
             return None, digest
-        known = self._known.get((anonymous.address, anonymous.via_proxy, digest))
-        if known is not None and known[0] > time.monotonic() and known[1] == in_force(known[2]):
+        known = self._known.get((address, via_proxy, digest))
+        if known is not None and known[0] > _monotonic() and known[1] == in_force(known[2]):
             return known[2], digest
         return None, digest
 

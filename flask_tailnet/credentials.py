@@ -111,15 +111,19 @@ class BasicAuth:
     def __init__(self, credentials: LoginCredentials, attempts: Attempts) -> None:
         self.credentials = credentials
         self.attempts = attempts
+        self._remembered = attempts.remembered  # bound once: this runs on every Basic request
+        self._in_force = credentials.in_force
 
     def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         header = environ.get("HTTP_AUTHORIZATION")
-        if not isinstance(header, str) or header.lstrip()[:6].lower() != "basic ":
+        if not isinstance(header, str) or (
+            not header.startswith("Basic ") and header.lstrip()[:6].lower() != "basic "
+        ):
             return None
         # The header as sent is what the budget and the remembered successes are keyed on, so
         # that a client that sends the same credential again is served before any parsing.
         presented = header.encode("latin-1", "replace")
-        remembered, _ = self.attempts.remembered(peer, presented, self.credentials.in_force)
+        remembered, _ = self._remembered(peer, presented, self._in_force)
         if remembered is not None:
             return remembered
         username, password = basic_credential(header) or ("", "")

@@ -18,6 +18,7 @@ never shares its parent's watch: it starts unwatched and arms its own.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -66,11 +67,12 @@ class DirectoryWatch:
     :meth:`generation` is the hot path. :meth:`arm` is called from the slow path, after a file
     was checked the slow way, to start watching if it is not yet."""
 
-    __slots__ = ("__weakref__", "_epoll", "_generation", "_inotify", "directory")
+    __slots__ = ("__weakref__", "_epoll", "_fd", "_generation", "_inotify", "directory")
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._inotify: Any = None
+        self._fd = -1
         self._epoll: select.epoll | None = None
         self._generation = next(_generations)
         _watches.add(self)
@@ -120,6 +122,7 @@ class DirectoryWatch:
                 log.debug("flask-tailnet: not watching %s: %s", self.directory, exc)
                 return
             self._inotify = inotify
+            self._fd = inotify.fileno()
             self._generation = next(_generations)
             self._epoll = poller
 
@@ -128,14 +131,16 @@ class DirectoryWatch:
 
     def disarm(self) -> None:
         """Stop watching; the files fall back to an ``lstat`` per check until re-armed."""
-        poller, inotify = self._epoll, self._inotify
+        poller, fd = self._epoll, self._fd
         self._epoll = None
         self._inotify = None
+        self._fd = -1
         self._generation = next(_generations)
         if poller is not None:
             poller.close()
-        if inotify is not None:
-            os.close(inotify.fileno())
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def watch_for(directory: Path) -> DirectoryWatch:
