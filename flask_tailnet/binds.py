@@ -32,7 +32,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .addresses import LOCAL_EXTRA, TAILNET_V4, TAILNET_V6, IPAddress, in_networks, is_tailnet
+from .addresses import (
+    LOCAL_EXTRA,
+    TAILNET_V4,
+    TAILNET_V6,
+    IPAddress,
+    in_networks,
+    is_tailnet,
+    parse_ip,
+)
 
 #: The setting (and environment variable) that lists the bind specs.
 BIND = "TAILNET_BIND"
@@ -98,7 +106,7 @@ def parse_bind(spec: str) -> Bind:
     host, port_text = _split_netloc(spec, netloc)
     port = _port(spec, port_text)
     host = host.lower()
-    ip = _ip(host)
+    ip = parse_ip(host)
     if ip is None and host and _NAME.fullmatch(host) is None:
         raise BindRefused(
             f"refusing to bind {_show(spec)}: {_show(host)} is neither an IP address nor a host "
@@ -129,7 +137,7 @@ def _split_netloc(spec: str, netloc: str) -> tuple[str, str]:
                 f"refusing to bind {_show(spec)}: write an IPv6 address as [ADDRESS]:PORT"
             )
         host, port = match.group(1), match.group(2)
-        if _ip(host) is None:
+        if parse_ip(host) is None:
             raise BindRefused(
                 f"refusing to bind {_show(spec)}: the brackets must hold an IP address"
             )
@@ -164,21 +172,6 @@ def _port(spec: str, text: str) -> int:
             f"refusing to bind {_show(spec)}: {_show(text)} is not a port (0 to 65535)"
         )
     return int(text)
-
-
-def _ip(host: str) -> IPAddress | None:
-    """The address ``host`` names, judged as :func:`flask_tailnet.addresses.parse_ip` judges
-    peers (IPv4-mapped as IPv4, scope id dropped); ``None`` for a name."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id is not None:
-            ip = ipaddress.IPv6Address(host.split("%", 1)[0])
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-    return ip
 
 
 def check_bind(
@@ -269,7 +262,7 @@ def _check_fd(
     if isinstance(address, str | bytes):
         return  # a Unix socket
     host = address[0] if isinstance(address, tuple) and address else None
-    ip = _ip(host) if isinstance(host, str) else None
+    ip = parse_ip(host) if isinstance(host, str) else None
     if ip is None:
         raise BindRefused(
             f"refusing to bind {_show(spec)}: file descriptor {fd} is not a TCP or Unix socket"
@@ -319,7 +312,7 @@ def default_binds(port: int, tailnet_addresses: Iterable[str]) -> list[str]:
         raise ValueError(f"{port!r} is not a port (0 to 65535)")
     binds = [f"127.0.0.1:{port}"]
     for address in tailnet_addresses:
-        ip = _ip(address) if isinstance(address, str) else None
+        ip = parse_ip(address) if isinstance(address, str) else None
         if ip is None or not is_tailnet(ip):
             continue
         spec = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
