@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from werkzeug.security import generate_password_hash
 
-from flask_tailnet.passwords import PasswordSource
+from flask_tailnet.passwords import Password, PasswordSource
 from flask_tailnet.secretfile import SecretFile
 
 
@@ -88,3 +89,34 @@ def test_file_changes_take_effect_without_restart(tmp_path: Path) -> None:
     assert source.verify("two")
     (tmp_path / "state" / "password").unlink()
     assert source.current() is None
+
+
+def test_the_process_environment_is_read_at_every_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.environ is read through its fast path (the bytes mapping behind it); every way of
+    changing it is seen by the next check."""
+    monkeypatch.delenv("TAILNET_TEST_PW", raising=False)
+    write_private(tmp_path / "state" / "password", "from-file")
+    source = PasswordSource("TAILNET_TEST_PW", SecretFile(tmp_path / "state", "password"))
+    assert source.current() == Password("file", b"from-file")
+    monkeypatch.setenv("TAILNET_TEST_PW", "caf\u00e9")
+    assert source.current() == Password("env", "caf\u00e9".encode())
+    assert source.verify("caf\u00e9")
+    os.environ["TAILNET_TEST_PW"] = "second"
+    assert source.verify("second")
+    assert not source.verify("caf\u00e9")
+    os.environ["TAILNET_TEST_PW"] = ""  # empty: the file again
+    assert source.current() == Password("file", b"from-file")
+    del os.environ["TAILNET_TEST_PW"]
+    assert source.current() == Password("file", b"from-file")
+    assert not source.from_env()
+
+
+def test_the_same_bytes_from_the_other_source_keep_their_origin(tmp_path: Path) -> None:
+    environ = {"TEST_PW": "same"}
+    write_private(tmp_path / "state" / "password", "same")
+    source = PasswordSource("TEST_PW", SecretFile(tmp_path / "state", "password"), environ)
+    assert source.current() == Password("env", b"same")
+    environ.clear()
+    assert source.current() == Password("file", b"same")
