@@ -353,6 +353,37 @@ def address_on_lo(address: str) -> Iterator[bool]:
             _ip("addr", "del", cidr, "dev", "lo")
 
 
+TW_REUSE = Path("/proc/sys/net/ipv4/tcp_tw_reuse")
+
+
+@contextlib.contextmanager
+def time_wait_reuse() -> Iterator[str]:
+    """``net.ipv4.tcp_tw_reuse=1`` for the block, the old value restored after; yields a note.
+
+    gunicorn's sync workers close every connection, so each request is a new one, and its
+    TIME_WAIT entry keeps the port pair for 60 s. The kernel's default (2) reuses them for
+    loopback addresses only: to 100.64.0.60 the client runs out of ports after about 28,000
+    requests and then waits in the kernel for each one, which makes that path measure port
+    allocation, not the servers. Both sides of the path get the same setting."""
+    try:
+        old = TW_REUSE.read_text().strip()
+    except OSError as exc:
+        yield f"tcp_tw_reuse unreadable ({exc.strerror}): left as it is"
+        return
+    if old == "1":
+        yield "net.ipv4.tcp_tw_reuse already 1"
+        return
+    try:
+        TW_REUSE.write_text("1")
+    except OSError as exc:
+        yield f"net.ipv4.tcp_tw_reuse={old} (cannot set 1: {exc.strerror}); ports may run out"
+        return
+    try:
+        yield f"net.ipv4.tcp_tw_reuse=1 for the run (was {old}, restored after)"
+    finally:
+        TW_REUSE.write_text(old)
+
+
 # --- paths and measuring ----------------------------------------------------------------------
 
 
@@ -708,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 added = stack.enter_context(address_on_lo(SERVER_TAILNET))
                 if not added:
                     note = f" ({SERVER_TAILNET} was already on lo: left there)"
+                note += "; " + stack.enter_context(time_wait_reuse())
                 binds: tuple[str, ...] = (LOOPBACK, SERVER_TAILNET)
             else:
                 binds = (LOOPBACK,)
