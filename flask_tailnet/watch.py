@@ -26,7 +26,6 @@ import select
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("flask_tailnet")
 
@@ -34,7 +33,7 @@ log = logging.getLogger("flask_tailnet")
 RECHECK_SECONDS = 1.0
 
 try:  # Linux only; the files fall back to an lstat per check elsewhere.
-    from inotify_simple import INotify, flags
+    from inotify_simple import INotify, flags, parse_events
 
     _MASK = (
         flags.MODIFY
@@ -64,17 +63,19 @@ _lock = threading.Lock()
 class DirectoryWatch:
     """Tells when the files of one directory may have changed (see the module docstring).
 
-    :meth:`generation` is the hot path. :meth:`arm` is called from the slow path, after a file
-    was checked the slow way, to start watching if it is not yet."""
+    :meth:`generation` is the hot path, without a lock. :meth:`arm` is called from the slow
+    path, after a file was checked the slow way, to start watching if it is not yet. Arming,
+    draining the queue and disarming hold the watch's lock, so that no thread reads an inotify
+    descriptor another thread closed (its number may already name another file)."""
 
-    __slots__ = ("__weakref__", "_epoll", "_fd", "_generation", "_inotify", "directory")
+    __slots__ = ("__weakref__", "_epoll", "_fd", "_generation", "_lock", "directory")
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._inotify: Any = None
         self._fd = -1
         self._epoll: select.epoll | None = None
         self._generation = next(_generations)
+        self._lock = threading.Lock()
         _watches.add(self)
 
     @property
@@ -87,53 +88,66 @@ class DirectoryWatch:
         poller = self._epoll
         if poller is None:
             return next(_generations)
-        if poller.poll(0):
+        try:
+            ready = poller.poll(0)
+        except (OSError, ValueError):  # closed meanwhile by a thread that disarmed it
+            return next(_generations)
+        if ready:
             self._changed()
         return self._generation
 
     def _changed(self) -> None:
         # Advance first, then drain: a thread that polls after the drain sees the new number.
         self._generation = next(_generations)
-        try:
-            events = self._inotify.read(timeout=0)
-        except (OSError, ValueError):
-            events = None
-        if events is None or any(event.mask & _BROKEN for event in events):
-            self.disarm()
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:  # another thread drained the queue first
+                return
+            except OSError:
+                self._disarm_locked()
+                return
+            if any(event.mask & _BROKEN for event in parse_events(data)):
+                self._disarm_locked()
 
     def arm(self) -> None:
         """Start watching the directory, if inotify is available and the directory exists. The
         caller must check its files after this call (or be sure it is about to)."""
         if self._epoll is not None or not AVAILABLE:
             return
-        with _lock:
+        with self._lock:
             if self._epoll is not None:
                 return
-            inotify = None
+            fd = -1
             try:
-                # closefd=False: the fd is closed here, never by a garbage-collected file object
+                # closefd=False: the descriptor is ours to close, never a collected object's
                 inotify = INotify(nonblocking=True, closefd=False)
+                fd = inotify.fileno()
                 inotify.add_watch(self.directory, _MASK)
                 poller = select.epoll()
-                poller.register(inotify.fileno(), select.EPOLLIN)
+                poller.register(fd, select.EPOLLIN)
             except OSError as exc:
-                if inotify is not None:
-                    os.close(inotify.fileno())
+                if fd >= 0:
+                    os.close(fd)
                 log.debug("flask-tailnet: not watching %s: %s", self.directory, exc)
                 return
-            self._inotify = inotify
-            self._fd = inotify.fileno()
+            self._fd = fd
             self._generation = next(_generations)
             self._epoll = poller
 
     def __del__(self) -> None:
-        self.disarm()
+        self._disarm_locked()
 
     def disarm(self) -> None:
         """Stop watching; the files fall back to an ``lstat`` per check until re-armed."""
+        with self._lock:
+            self._disarm_locked()
+
+    def _disarm_locked(self) -> None:
         poller, fd = self._epoll, self._fd
         self._epoll = None
-        self._inotify = None
         self._fd = -1
         self._generation = next(_generations)
         if poller is not None:
@@ -141,6 +155,9 @@ class DirectoryWatch:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+_READ_SIZE = 64 * 1024
 
 
 def watch_for(directory: Path) -> DirectoryWatch:
@@ -161,10 +178,12 @@ def disarm_all() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child must not share its parent's inotify queue: events one process reads are
-    gone for the other. The lock is new too: another thread may have held it at the fork."""
+    gone for the other. The locks are new too: another thread may have held one at the fork."""
     global _lock  # noqa: PLW0603
     _lock = threading.Lock()
-    disarm_all()
+    for watch in list(_watches):
+        watch._lock = threading.Lock()
+        watch.disarm()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

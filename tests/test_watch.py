@@ -255,3 +255,47 @@ def test_the_shortcut_is_bounded(state_dir: Path, monkeypatch: pytest.MonkeyPatc
         get = _session_client(app, f"{cookie}; other={extra}")
         assert get() == 200
         assert len(step._memo) <= 2
+
+
+def test_threads_reading_while_the_file_rotates_and_the_watch_is_rearmed(
+    state_dir: Path,
+) -> None:
+    """gthread workers: many threads poll, drain and re-arm one watch at once; none raises, and
+    after the last rotation every thread reads the last token."""
+    import threading  # noqa: PLC0415
+
+    secret = SecretFile(state_dir, "token")
+    secret.ensure()
+    _armed(secret)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    last_seen: dict[int, bytes | None] = {}
+
+    def reader(index: int) -> None:
+        try:
+            while not stop.is_set():
+                last_seen[index] = secret.read()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def disarmer() -> None:
+        while not stop.is_set():
+            secret.watch.disarm()
+            stop.wait(0.002)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+    threads.append(threading.Thread(target=disarmer))
+    for thread in threads:
+        thread.start()
+    try:
+        writer = SecretFile(state_dir, "token")
+        for _ in range(150):
+            final = writer.rotate()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    assert errors == []
+    assert secret.read() == final
+    for index in range(6):
+        assert last_seen[index] is not None
