@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +110,32 @@ def call(
         environ_base={"REMOTE_ADDR": peer},
         environ_overrides={"HTTP_HOST": host},
     )
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=10)
+
+
+@contextmanager
+def addresses_on_lo(cidrs: Sequence[str]) -> Iterator[None]:
+    """Add ``cidrs`` to the loopback interface (IPv6 with ``nodad``) and remove those this added,
+    even on failure; an address already there is left as it was. Skips without root or ``ip``."""
+    if os.geteuid() != 0:
+        pytest.skip("adding addresses to the loopback interface needs root")
+    if shutil.which("ip") is None:
+        pytest.skip("the `ip` command (iproute2) is not installed")
+    added: list[str] = []
+    try:
+        for cidr in cidrs:
+            result = _ip("addr", "add", cidr, "dev", "lo", *(["nodad"] if ":" in cidr else []))
+            if result.returncode == 0:
+                added.append(cidr)
+            elif "File exists" not in result.stderr:
+                pytest.fail(f"ip addr add {cidr} dev lo: {result.stderr.strip()}")
+        yield
+    finally:
+        for cidr in added:
+            _ip("addr", "del", cidr, "dev", "lo")
 
 
 # ---- the example app under a real server ---------------------------------------------------

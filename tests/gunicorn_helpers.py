@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import addresses_on_lo
+
+__all__ = ["addresses_on_lo"]  # re-exported: the gunicorn tests import it from here
+
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = [sys.executable, "-m", "gunicorn"]
 CONFIG = ["-c", "python:flask_tailnet.gunicorn"]
@@ -260,29 +264,3 @@ def request(
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
     finally:
         conn.close()
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=10)
-
-
-@contextlib.contextmanager
-def addresses_on_lo(cidrs: Sequence[str]) -> Iterator[None]:
-    """Add ``cidrs`` to the loopback interface (IPv6 with ``nodad``) and remove those added,
-    even on failure. Skips without root or ``ip``."""
-    if os.geteuid() != 0:
-        pytest.skip("adding addresses to the loopback interface needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    added: list[str] = []
-    try:
-        for cidr in cidrs:
-            result = _ip("addr", "add", cidr, "dev", "lo", *(["nodad"] if ":" in cidr else []))
-            if result.returncode == 0:
-                added.append(cidr)
-            elif "File exists" not in result.stderr:
-                pytest.fail(f"ip addr add {cidr} dev lo: {result.stderr.strip()}")
-        yield
-    finally:
-        for cidr in added:
-            _ip("addr", "del", cidr, "dev", "lo")

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
 
-from .conftest import ROOT, serving_example_app
+from .conftest import ROOT, addresses_on_lo, serving_example_app
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ADDRESS = "100.64.0.20"
@@ -62,16 +62,10 @@ def tailnet_address() -> Iterator[str]:
         pytest.skip("adding a tailnet-range address to the loopback interface needs root")
     if shutil.which("ip") is None or not os.access(CHROMIUM, os.X_OK):
         pytest.skip("needs iproute2 and Debian's chromium (tests/run.sh installs them as root)")
-    added = _ip("addr", "add", f"{ADDRESS}/32", "dev", "lo")
-    if added.returncode != 0 and "File exists" not in added.stderr:
-        pytest.fail(f"ip addr add {ADDRESS}/32 dev lo: {added.stderr.strip()}")
-    try:
+    with addresses_on_lo([f"{ADDRESS}/32"]):
         route = _ip("route", "get", ADDRESS).stdout
         assert f"src {ADDRESS}" in route, f"a browser would not come from {ADDRESS}: {route}"
         yield ADDRESS
-    finally:
-        if added.returncode == 0:
-            _ip("addr", "del", f"{ADDRESS}/32", "dev", "lo")
 
 
 def _flask_tailnet(env: dict[str, str], *args: str) -> str:

@@ -22,7 +22,7 @@ from flask_tailnet import cli as cli_module
 from flask_tailnet.cli import MAX_PASSWORD_LENGTH, tailnet
 from flask_tailnet.extension import GuardState
 
-from .conftest import TAILNET_PEER, call, make_app, serving_example_app
+from .conftest import TAILNET_PEER, addresses_on_lo, call, make_app, serving_example_app
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = pwd.getpwuid(os.geteuid()).pw_name
@@ -750,27 +750,8 @@ URL_V4, URL_V6 = "100.64.0.20", "fd7a:115c:a1e0::20"
 
 @pytest.fixture(scope="module")
 def tailnet_addresses_on_lo() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("adding tailnet-range addresses to the loopback interface needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    added = []
-    for cidr, extra in ((f"{URL_V4}/32", []), (f"{URL_V6}/128", ["nodad"])):
-        done = subprocess.run(
-            ["ip", "addr", "add", cidr, "dev", "lo", *extra],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode == 0:
-            added.append(cidr)
-        elif "File exists" not in done.stderr:
-            pytest.fail(f"ip addr add {cidr} dev lo: {done.stderr.strip()}")
-    try:
+    with addresses_on_lo([f"{URL_V4}/32", f"{URL_V6}/128"]):
         yield
-    finally:
-        for cidr in added:
-            subprocess.run(["ip", "addr", "del", cidr, "dev", "lo"], check=False)
 
 
 def tailscale_stand_in(bin_dir: Path, *addresses: str) -> str:

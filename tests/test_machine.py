@@ -16,6 +16,8 @@ import pytest
 from flask_tailnet import machine
 from flask_tailnet.machine import interface_addresses, machine_addresses, tailnet_addresses
 
+from .conftest import addresses_on_lo
+
 
 @pytest.mark.parametrize(
     ("candidates", "expected"),
@@ -239,28 +241,8 @@ LO_V4, LO_V6 = "100.64.0.21", "fd7a:115c:a1e0::21"
 
 @pytest.fixture
 def tailnet_addresses_on_lo() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("adding tailnet-range addresses to the loopback interface needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    added = []
-    try:
-        for cidr, extra in ((f"{LO_V4}/32", []), (f"{LO_V6}/128", ["nodad"])):
-            done = subprocess.run(
-                ["ip", "addr", "add", cidr, "dev", "lo", *extra],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            if done.returncode == 0:
-                added.append(cidr)
-            elif "File exists" not in done.stderr:
-                pytest.fail(f"ip addr add {cidr} dev lo: {done.stderr.strip()}")
+    with addresses_on_lo([f"{LO_V4}/32", f"{LO_V6}/128"]):
         yield
-    finally:
-        for cidr in added:
-            subprocess.run(["ip", "addr", "del", cidr, "dev", "lo"], timeout=10, check=False)
 
 
 @pytest.mark.root

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import serving_example_app
+from .conftest import addresses_on_lo, serving_example_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_V4, CLIENT_V4 = "100.64.0.10", "100.64.0.11"
@@ -25,28 +24,10 @@ ADDRESSES = [f"{SERVER_V4}/32", f"{CLIENT_V4}/32", f"{SERVER_V6}/128", f"{CLIENT
 pytestmark = pytest.mark.root
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-
-
 @pytest.fixture(scope="module")
 def tailnet_addresses() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("adding tailnet-range addresses to the loopback interface needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    added = []
-    for cidr in ADDRESSES:
-        result = _ip("addr", "add", cidr, "dev", "lo", *(["nodad"] if ":" in cidr else []))
-        if result.returncode == 0:
-            added.append(cidr)
-        elif "File exists" not in result.stderr:
-            pytest.fail(f"ip addr add {cidr} dev lo: {result.stderr.strip()}")
-    try:
+    with addresses_on_lo(ADDRESSES):
         yield
-    finally:
-        for cidr in added:
-            _ip("addr", "del", cidr, "dev", "lo")
 
 
 @dataclass
