@@ -1,5 +1,6 @@
 """One test per line of shared/reference/pitfalls.md: each fails if the hole it names comes back.
-Line 13 (binds) arrives with the gunicorn release; docs/security.md says so."""
+Line 2 (userspace tailscaled) is not detectable yet; docs/security.md says so and tests the
+documented mitigation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from flask_tailnet.binds import BindRefused, check_bind
+from flask_tailnet.gunicorn import redact_atoms, redact_text
 
 from . import test_login as login
 from .conftest import PASSWORD, TAILNET_HOST, TAILNET_PEER, call, make_app
@@ -238,3 +242,47 @@ def test_11_brute_force_is_refused_before_the_check(password_app: Flask) -> None
     statuses = [login.remote(client, headers=wrong).status_code for _ in range(8)]
     assert statuses == [401] * 5 + [429] * 3
     assert login.remote(client, headers=login.basic("x", PASSWORD)).status_code == 429
+
+
+# 9 (continued). gunicorn's access log holds the query string: a ?token= link is redacted, and
+# Authorization and cookies never logged (a real access log is read in tests/test_gunicorn.py).
+def test_9_access_log_never_holds_a_token_link_or_a_credential() -> None:
+    token = "s3cr3t-token-value"
+    atoms = redact_atoms(
+        {
+            "r": f"GET /page?x=1&token={token} HTTP/1.1",
+            "q": f"token={token}",
+            "f": f"http://100.64.0.1:8000/?token={token}",
+            "{authorization}i": f"Bearer {token}",
+            "{cookie}i": f"tailnet_session={token}",
+        }
+    )
+    assert token not in repr(atoms)
+    assert token not in redact_text(f"Error handling request /?TOKEN={token}")
+
+
+# 13. Bind by accident: every spelling of the wildcard is refused, decided on the parsed address
+# (the real gunicorn master exits before binding: tests/test_gunicorn.py).
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "0.0.0.0:8000",
+        "[::]:8000",
+        "[::0]:8000",
+        "[0:0:0:0:0:0:0:0]:8000",
+        "[::ffff:0.0.0.0]:8000",
+        ":8000",
+        "0:0:0:0:0:0:0:0",
+        "0",
+    ],
+)
+def test_13_every_spelling_of_the_wildcard_is_refused(spec: str) -> None:
+    with pytest.raises(BindRefused):
+        check_bind(spec, network="tailnet", allow_wildcard=False)
+
+
+def test_13_public_and_lan_binds_are_refused_under_the_default_policy() -> None:
+    for spec in ("203.0.113.7:8000", "192.168.1.10:8000", "[2001:db8::1]:8000"):
+        with pytest.raises(BindRefused):
+            check_bind(spec, network="tailnet", allow_wildcard=False)
+    assert check_bind("100.101.102.103:8000", network="tailnet", allow_wildcard=False).port == 8000
