@@ -22,6 +22,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,9 @@ def gunicorn_loggers() -> Iterator[None]:
     ]
     yield
     for log, handlers, filters, level, propagate in saved:
+        for handler in log.handlers:
+            if handler not in handlers:
+                handler.close()
         log.handlers[:] = handlers
         log.filters[:] = filters
         log.setLevel(level)
@@ -1017,6 +1021,101 @@ def test_serve_runs_the_flask_application(tmp_path: Path, monkeypatch: pytest.Mo
     (application,) = ran
     assert application.load() is app
     assert application.cfg.workers == 2
+
+
+# ---- the rest, in process: the access log, odd wrappers, duplicate URLs -------------------------
+
+SECRET = "s3cr3t-T0ken_value"
+R = tg.REDACTED
+
+
+@pytest.mark.usefixtures("gunicorn_loggers")
+def test_redacting_logger_writes_no_secret_to_the_access_log(tmp_path: Path) -> None:
+    access, errors = tmp_path / "access.log", tmp_path / "error.log"
+    cfg = config(accesslog=str(access), errorlog=str(errors))
+    cfg.set(
+        "access_log_format",
+        "%(r)s %(q)s %({authorization}i)s %({cookie}i)s %({set-cookie}o)s %(f)s",
+    )
+    log = tg.RedactingLogger(cfg)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": f"/?token={SECRET}&x=1",
+        "QUERY_STRING": f"token={SECRET}&x=1",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_REFERER": f"http://127.0.0.1/?Token={SECRET}",
+    }
+    request_headers = [("AUTHORIZATION", f"Bearer {SECRET}"), ("COOKIE", f"s={SECRET}")]
+    response = types.SimpleNamespace(
+        status="200 OK", headers=[("Set-Cookie", f"s={SECRET}")], sent=2
+    )
+    log.access(response, request_headers, environ, timedelta(microseconds=1500))
+    log.error("Error handling request /?token=%s", SECRET)
+    for handler in [*log.access_log.handlers, *log.error_log.handlers]:
+        handler.flush()
+    logged = access.read_text()
+    assert logged == (
+        f"GET /?token={R}&x=1 HTTP/1.1 token={R}&x=1 {R} {R} {R} http://127.0.0.1/?Token={R}\n"
+    )
+    assert SECRET not in errors.read_text()
+    assert f"/?token={R}" in errors.read_text()
+
+
+@pytest.mark.usefixtures("gunicorn_loggers")
+def test_redacting_logger_setup_again_adds_no_second_filter() -> None:
+    cfg = config()  # error log to stderr, no access log: no file handler to leak on reload
+    log = tg.RedactingLogger(cfg)
+    log.setup(cfg)  # what a reload does
+    for logger in (log.error_log, log.access_log):
+        assert sum(isinstance(f, tg.RedactingFilter) for f in logger.filters) == 1
+
+
+def test_filter_redacts_a_stack(tmp_path: Path) -> None:
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "m", None, None, sinfo=f"Stack:\n  get('/?token={SECRET}')"
+    )
+    assert tg.RedactingFilter().filter(record)
+    assert record.stack_info == f"Stack:\n  get('/?token={R}')"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(f"?%252574oken={SECRET}", f"?%252574oken={R}", id="encoded-three-times"),
+        pytest.param(f"?%25252574oken={SECRET}", f"?%25252574oken={SECRET}", id="four-times"),
+    ],
+)
+def test_redaction_decodes_a_name_at_most_three_times(text: str, expected: str) -> None:
+    # Four times encoded is not what any app reads as "token" (it decodes once).
+    assert tg.redact_text(text) == expected
+
+
+class Unanswering:
+    """A proxy that raises for every attribute, as some lazy wrappers do."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(name)
+
+    def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
+        return []
+
+
+def test_find_guard_states_skips_what_cannot_answer(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "state")
+    state = app.extensions["tailnet"]
+    assert tg.find_guard_states(Unanswering()) == []
+    assert tg.find_guard_states(DispatcherMiddleware(app, {"/a": Unanswering(), "/b": app})) == [
+        state
+    ]
+    assert tg.find_guard_states(DispatcherMiddleware(app.wsgi_app, {"/b": app})) == [state]
+
+
+def test_login_urls_are_not_repeated() -> None:
+    binds = [parse_bind(spec) for spec in ("127.0.0.1:8000", "0.0.0.0:8000", "[::]:8000")]
+    assert tg.login_urls(binds, b"t", [TAILNET_V4]) == [
+        "http://127.0.0.1:8000/?token=t",
+        f"http://{TAILNET_V4}:8000/?token=t",
+    ]
 
 
 # ---- SIGHUP against a real gunicorn master -------------------------------------------------------
