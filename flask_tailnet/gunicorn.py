@@ -22,6 +22,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote_from_bytes, unquote_plus
 
@@ -331,6 +332,28 @@ def on_starting(server: Any) -> None:
                 item.spec,
             )
     server.flask_tailnet = Prepared(tuple(checked), tokens[0])
+    _check_on_reload(server)
+
+
+def _check_on_reload(server: Any) -> None:
+    """Make a SIGHUP's configuration pass the bind check before gunicorn binds it: gunicorn
+    re-reads the configuration and binds the new addresses before it calls ``on_reload``, so the
+    check runs right after the re-read, and a refusal stops the server (exit 1) without binding.
+    """
+    reload = getattr(server.app, "reload", None)
+    if reload is None or getattr(reload, "flask_tailnet_checked", False):
+        return
+
+    def checked_reload() -> None:
+        reload()
+        reloaded = SimpleNamespace(cfg=server.app.cfg, app=server.app)
+        try:
+            check(reloaded, load_states(reloaded))
+        except BindRefused as exc:
+            raise HaltServer(f"flask-tailnet: refusing to serve: {exc}", 1) from None
+
+    checked_reload.flask_tailnet_checked = True  # type: ignore[attr-defined]
+    server.app.reload = checked_reload
 
 
 def when_ready(server: Any) -> None:
@@ -351,7 +374,8 @@ def when_ready(server: Any) -> None:
 
 def on_reload(server: Any) -> None:
     """gunicorn hook after SIGHUP re-read the settings, before new workers start: a refused bind
-    stops the server (exit 1) instead of serving it."""
+    stops the server (exit 1) instead of serving it. A second line of defence: the check already
+    ran before gunicorn bound the new addresses (see :func:`on_starting`)."""
     try:
         check(server, load_states(server))
     except BindRefused as exc:

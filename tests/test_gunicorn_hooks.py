@@ -833,11 +833,6 @@ def test_real_arbiter_refuses_the_wildcard_at_start(
     assert "refusing to bind '0.0.0.0:9052'" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gunicorn's Arbiter.reload() creates the new listeners before it calls on_reload, so "
-    "a refused bind is listening (on every interface for 0.0.0.0) until the HaltServer closes it",
-)
 @pytest.mark.usefixtures("gunicorn_loggers")
 def test_a_refused_bind_on_reload_is_refused_before_gunicorn_binds_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1226,11 +1221,6 @@ def test_sighup_with_a_refused_bind_halts_the_master(refused_reload: RefusedRelo
     assert result.port not in listening_ports()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gunicorn binds the new listeners in Arbiter.reload() before on_reload runs: "
-    "'Listening at: http://0.0.0.0:PORT2' is logged before the HaltServer",
-)
 def test_sighup_with_a_refused_bind_never_listens_there(refused_reload: RefusedReload) -> None:
     result = refused_reload
     assert f"Listening at: http://0.0.0.0:{result.port}" not in result.stderr
