@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote_from_bytes, unquote_plus
 
 from flask import Flask
@@ -158,8 +158,7 @@ def find_guard_states(wsgi: object, max_depth: int = 8) -> list[GuardState]:
             continue
         seen.add(id(obj))
         if isinstance(obj, GuardState):
-            if all(obj is not state for state in found):
-                found.append(obj)
+            found.append(obj)  # once: ``seen`` skips an object met again
             continue
         children: list[object] = []
         if isinstance(obj, Flask):
@@ -290,7 +289,7 @@ def prepare(state: GuardState) -> bytes:
 # ---- gunicorn hooks -------------------------------------------------------------------------
 
 
-def _refuse(server: Any, message: str) -> None:
+def _refuse(server: Any, message: str) -> NoReturn:
     print(f"flask-tailnet: refusing to serve: {message}", file=sys.stderr, flush=True)
     if getattr(server, "pidfile", None) is not None:
         server.pidfile.unlink()
@@ -312,13 +311,10 @@ def on_starting(server: Any) -> None:
         tokens = [prepare(state) for state in states]
     except BindRefused as exc:
         _refuse(server, str(exc))
-        return
     except UnsafeSecretFile as exc:
         _refuse(server, f"{exc}; fix it, or set TAILNET_STATE_DIR to a private directory")
-        return
     except OSError as exc:
         _refuse(server, f"cannot create the state: {exc.strerror} ({exc.filename})")
-        return
     if _LOOPBACK_ONLY and list(server.cfg.bind) == bind:
         server.log.info(
             "flask-tailnet: no tailnet address found on this machine (is Tailscale up?); "
