@@ -36,6 +36,7 @@ from .pamauth import PamVerifier, pam_problem
 from .passwords import PASSWORD_FILE, PasswordSource
 from .peer import NOBODY, Peer
 from .ratelimit import AttemptBudget
+from .redaction import redact_logger
 from .secretfile import SecretFile, UnsafeSecretFile, ensure_private_dir
 from .sessions import SessionCodec
 
@@ -126,6 +127,7 @@ class TailnetGuard:
             except UnsafeSecretFile as exc:
                 log.error("flask-tailnet: %s; every credential is refused until fixed", exc)
         app.extensions[EXTENSION_KEY] = state
+        redact_logger(logging.getLogger("werkzeug"))  # `flask run` logs each request line
         app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
 

@@ -9,6 +9,7 @@ never listening.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import logging
@@ -1244,3 +1245,27 @@ def test_sighup_with_an_accepted_bind_serves_there(tmp_path: Path) -> None:
         assert server.proc.poll() is None
         assert "refusing" not in server.stderr()
         assert server.stop(signal.SIGTERM) == 0, server.stderr()
+
+
+@pytest.mark.usefixtures("gunicorn_loggers")
+def test_a_token_sent_as_the_basic_user_name_never_reaches_the_access_log(tmp_path: Path) -> None:
+    """gunicorn's ``u`` atom is the user-name part of a Basic header: ``curl -u "$TOKEN:"``."""
+    access = tmp_path / "access.log"
+    cfg = config(accesslog=str(access))  # gunicorn's default format, which has %(u)s
+    log = tg.RedactingLogger(cfg)
+    basic = base64.b64encode(f"{SECRET}:".encode()).decode()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_AUTHORIZATION": f"Basic {basic}",
+    }
+    response = types.SimpleNamespace(status="401 UNAUTHORIZED", headers=[], sent=0)
+    log.access(response, [("AUTHORIZATION", f"Basic {basic}")], environ, timedelta(0))
+    for handler in log.access_log.handlers:
+        handler.flush()
+    logged = access.read_text()
+    assert SECRET not in logged
+    assert basic not in logged
+    assert '"GET / HTTP/1.1" 401' in logged

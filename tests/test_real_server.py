@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,3 +156,17 @@ def test_ipv6_tailnet_peer(server_v6: Server) -> None:
         200,
         {"address": "::1", "method": "loopback", "user": None, "local": True},
     )
+
+
+def test_the_development_servers_request_log_never_holds_a_token_link(server_v4: Server) -> None:
+    """``flask run`` logs every request line, query string included (pitfall 9): the guard
+    redacts ``token`` values in werkzeug's log."""
+    token = server_v4.cli("token")
+    status, _ = server_v4.request(CLIENT_V4, path=f"/api/whoami?token={token}")
+    assert status == 303
+    log = server_v4.state_dir.parent / "server.log"
+    deadline = time.monotonic() + 10
+    while "token=[redacted]" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "token=[redacted]" in log.read_text()
+    assert token not in log.read_text()
