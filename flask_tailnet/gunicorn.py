@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, NoReturn
 from urllib.parse import quote_from_bytes
@@ -31,9 +31,10 @@ from gunicorn.errors import ConfigError, HaltServer
 from gunicorn.glogging import Logger
 
 from . import binds as binds_module
+from .addresses import parse_ip
 from .binds import Bind, BindRefused
 from .extension import GuardState, guard_state
-from .machine import machine_addresses
+from .machine import can_listen_on, machine_addresses
 from .redaction import (
     REDACTED,
     SECRET_HEADERS,
@@ -156,6 +157,23 @@ def login_urls(
     return urls
 
 
+def _listening(checked: Iterable[Bind]) -> Iterator[Bind]:
+    """``checked`` with each passed socket (``fd://N``) as the TCP address it listens on, so that
+    the login URLs name what is served; a socket whose address cannot be read is left out."""
+    for item in checked:
+        if item.kind != "fd" or item.fd is None:
+            yield item
+            continue
+        try:
+            address = binds_module.fd_sockname(item.fd)
+        except OSError:
+            continue
+        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str):
+            ip = parse_ip(address[0])
+            if ip is not None:
+                yield replace(item, kind="tcp", ip=ip, port=int(address[1]), host=address[0])
+
+
 def _default_bind() -> tuple[list[str], bool, str | None]:
     """``TAILNET_BIND``, else loopback and this machine's tailnet addresses on ``$PORT`` (as
     gunicorn reads it) or 8000; whether that is loopback only for want of a tailnet address; and
@@ -170,7 +188,7 @@ def _default_bind() -> tuple[list[str], bool, str | None]:
         port = int(os.environ.get("PORT", DEFAULT_PORT))
     except ValueError:
         port = DEFAULT_PORT
-    found = machine_addresses()
+    found = [address for address in machine_addresses() if can_listen_on(address)]
     return binds_module.default_binds(port, found), not found, None
 
 
@@ -208,7 +226,13 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
     if list(server.cfg.bind) == bind and not _FROM_ENV and any(app_binds):
         # Neither -b nor TAILNET_BIND: the app's own TAILNET_BIND replaces the default.
         server.cfg.set("bind", list(next(b for b in app_binds if b)))
-    specs = [*server.cfg.bind, *(f"fd://{fd}" for fd in _inherited_fds())]
+    specs = list(server.cfg.bind)
+    passed = [
+        *(f"fd://{fd}" for fd in _inherited_fds()),
+        *(s for s in specs if s.startswith("fd://")),
+    ]
+    if passed:  # gunicorn then serves the passed sockets only, and binds none of the addresses
+        specs = passed
     checked: list[Bind] = []
     for state in states:  # several apps behind one dispatcher: each one's policy must agree
         checked = binds_module.check_binds(
@@ -257,7 +281,7 @@ def on_starting(server: Any) -> None:
         _refuse(server, f"{exc}; fix it, or set TAILNET_STATE_DIR to a private directory")
     except OSError as exc:
         _refuse(server, f"cannot create the state: {exc.strerror} ({exc.filename})")
-    if _LOOPBACK_ONLY and list(server.cfg.bind) == bind:
+    if _LOOPBACK_ONLY and list(server.cfg.bind) == bind and all(b.kind != "fd" for b in checked):
         server.log.info(
             "flask-tailnet: no tailnet address found on this machine (is Tailscale up?); "
             "binding loopback only"
@@ -269,7 +293,7 @@ def on_starting(server: Any) -> None:
                 "TAILNET_TRUSTED_PROXIES",
                 item.spec,
             )
-    server.flask_tailnet = Prepared(tuple(checked), tokens[0])
+    server.flask_tailnet = Prepared(tuple(_listening(checked)), tokens[0])
     _check_on_reload(server)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable
 
@@ -88,3 +89,19 @@ def _output(command: str, *args: str) -> str:
         ).stdout
     except (OSError, ValueError, subprocess.SubprocessError):
         return ""
+
+
+def can_listen_on(address: str) -> bool:
+    """True if this machine can listen on ``address``: a throwaway socket is bound to it, port 0,
+    and closed without listening (no traffic). ``tailscale ip`` names addresses that are on no
+    interface when tailscaled runs in userspace networking mode; binding them fails."""
+    ip = parse_ip(address)
+    if ip is None:  # an empty host would bind the wildcard
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(ip), 0))
+    except (OSError, ValueError):
+        return False
+    return True

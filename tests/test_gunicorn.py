@@ -192,6 +192,7 @@ def test_default_bind_is_loopback_plus_tailnet(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("FLASK_TAILNET_BIND", raising=False)
     monkeypatch.delenv("PORT", raising=False)
     monkeypatch.setattr(tg, "machine_addresses", lambda: ["100.64.0.42", "fd7a:115c:a1e0::42"])
+    monkeypatch.setattr(tg, "can_listen_on", lambda address: True)
     assert tg._default_bind() == (
         ["127.0.0.1:8000", "100.64.0.42:8000", "[fd7a:115c:a1e0::42]:8000"],
         False,

@@ -268,3 +268,30 @@ def test_tailnet_range_addresses_on_lo_are_not_this_machines_tailnet_addresses(
     os.symlink(ip, bin_dir / "ip")  # the real ip, and no tailscale CLI
     monkeypatch.setenv("PATH", str(bin_dir))
     assert machine_addresses() == []
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        pytest.param("127.0.0.1", True, id="loopback"),
+        pytest.param("100.64.0.99", False, id="tailnet-address-on-no-interface"),
+        pytest.param("", False, id="empty-would-be-the-wildcard"),
+        pytest.param("0.0.0.0", True, id="wildcard-is-an-address-the-bind-check-judges"),
+        pytest.param("localhost", False, id="a-name"),
+        pytest.param("not an address", False, id="garbage"),
+    ],
+)
+def test_can_listen_on(address: str, expected: bool) -> None:
+    assert machine.can_listen_on(address) is expected
+
+
+def test_default_binds_leave_out_tailnet_addresses_this_machine_cannot_listen_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Userspace tailscaled: ``tailscale ip`` names an address that is on no interface."""
+    from flask_tailnet import gunicorn as tg  # noqa: PLC0415 - needs the gunicorn extra
+
+    for name in ("TAILNET_BIND", "FLASK_TAILNET_BIND", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tg, "machine_addresses", lambda: ["100.64.0.99"])
+    assert tg._default_bind() == (["127.0.0.1:8000"], True, None)
