@@ -160,7 +160,9 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
     if conf.auth == "password" and passwords.current() is None:
         raise settings_module.ConfigurationError(
             f"TAILNET_AUTH is 'password', but no password is set: set the environment variable "
-            f"{conf.password_env}, or run: flask tailnet password"
+            f"{conf.password_env}, or write the password file {passwords.file.path} with "
+            "`flask tailnet password` while TAILNET_AUTH is not 'password' (the command loads "
+            "the app, which this setting stops), then set it again"
         )
     try:
         budget = AttemptBudget(conf.login_limits, conf.ratelimit_storage_uri, namespace=namespace)

@@ -70,7 +70,7 @@ def directory_problem(directory: Path) -> str | None:
     if st.st_uid != os.geteuid():
         return (
             f"state directory {directory} is owned by uid {st.st_uid}, not {os.geteuid()}; "
-            f"run: chown {os.geteuid()} {directory}"
+            f"{_ownership_fix(st.st_uid, directory)}"
         )
     if st.st_mode & 0o077:
         return (
@@ -78,6 +78,18 @@ def directory_problem(directory: Path) -> str | None:
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 700 {directory}"
         )
     return None
+
+
+def _ownership_fix(owner: int, path: Path) -> str:
+    """What to do about ``path`` owned by ``owner`` instead of this process's user. Run as root
+    against a service's state, the fix is to run as its user, not to take its files away."""
+    me = os.geteuid()
+    if me == 0 and owner != 0:
+        return (
+            f"if the server runs as uid {owner}, run this command as that user "
+            f"(sudo -u '#{owner}' ...); if it runs as root: chown 0 {path}"
+        )
+    return f"run: chown {me} {path}"
 
 
 class SecretFile:
@@ -231,7 +243,7 @@ class SecretFile:
         if st.st_uid != os.geteuid():
             raise UnsafeSecretFile(
                 f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}; "
-                f"run: chown {os.geteuid()} {path}"
+                f"{_ownership_fix(st.st_uid, Path(path))}"
             )
         if st.st_mode & 0o077:
             raise UnsafeSecretFile(

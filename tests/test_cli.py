@@ -520,10 +520,11 @@ def _chown(name: str, uid: int = 65534) -> Callable[[Path], str]:
         owner = str(uid) if uid == UNKNOWN_UID else pwd.getpwuid(uid).pw_name
         path, euid = os.path.normpath(state_dir / name), os.geteuid()
         what = "state directory " if name == "." else ""
-        return (
-            f"owner {owner}, UNSAFE: {what}{path} is owned by uid {uid}, not {euid}; "
-            f"run: chown {euid} {path}"
+        fix = (
+            f"if the server runs as uid {uid}, run this command as that user "
+            f"(sudo -u '#{uid}' ...); if it runs as root: chown 0 {path}"
         )
+        return f"owner {owner}, UNSAFE: {what}{path} is owned by uid {uid}, not {euid}; {fix}"
 
     return spoil
 

@@ -503,7 +503,8 @@ def test_limited_client_never_reaches_pam(
         pytest.param({"auth": "pam", "pam_service": "no-such-service-x"}, "PAM", id="pam-unusable"),
         pytest.param(
             {"auth": "password", "password_env": "UNSET_TAILNET_X"},
-            "no password",
+            "no password is set: set the environment variable UNSET_TAILNET_X, or write the "
+            r"password file .*/password with `flask tailnet password` while TAILNET_AUTH is not",
             id="password-missing",
         ),
         pytest.param({"auth": "bogus"}, "TAILNET_AUTH", id="unknown-mode"),

@@ -431,3 +431,21 @@ def test_a_rotation_removes_only_stale_temporaries_of_dead_writers(state_dir: Pa
     assert young.exists()
     assert other.exists()
     assert odd.exists()
+
+
+@pytest.mark.parametrize(
+    ("me", "owner", "fix"),
+    [
+        pytest.param(1000, 1001, "run: chown 1000 /s/token", id="the-server-user-takes-it-back"),
+        pytest.param(
+            0,
+            1001,
+            "if the server runs as uid 1001, run this command as that user (sudo -u '#1001' ...);"
+            " if it runs as root: chown 0 /s/token",
+            id="root-is-not-told-to-take-a-services-files",
+        ),
+    ],
+)
+def test_ownership_fix(me: int, owner: int, fix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: me)
+    assert secretfile._ownership_fix(owner, Path("/s/token")) == fix
