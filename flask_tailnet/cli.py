@@ -21,6 +21,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
+from .binds import BindRefused, binds_from_env
 from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
 from .passwords import _MAX_PRESENTED
@@ -172,14 +173,29 @@ def status_command() -> None:
         + (" (counts per process)" if conf.ratelimit_storage_uri.startswith("memory") else ""),
         f"sessions:         cookie {conf.cookie_name}, {int(conf.session_lifetime)} s",
         f"login page:       {conf.login_prefix}/login",
-        "gunicorn binds:   "
-        + (", ".join(conf.bind) or "loopback and this machine's tailnet addresses (default)")
-        + (", wildcard allowed" if conf.allow_wildcard_bind else ""),
+        "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind),
     ]
     click.echo("\n".join(lines))
     if unsafe:
         click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _gunicorn_binds(app_binds: tuple[str, ...], app_allows_wildcard: bool) -> str:
+    """Where ``flask_tailnet.gunicorn`` would listen, as the master decides it: the environment's
+    ``TAILNET_BIND`` first, then the app's, then the default (gunicorn's own ``-b`` wins over all,
+    and is not known here)."""
+    try:
+        env_binds, env_allows_wildcard = binds_from_env(os.environ)
+    except BindRefused as exc:
+        return f"unusable environment ({exc}); the server would refuse to start"
+    if env_binds:
+        where = ", ".join(env_binds) + " (TAILNET_BIND in the environment)"
+    else:
+        where = ", ".join(app_binds) or "loopback and this machine's tailnet addresses (default)"
+    if env_allows_wildcard or app_allows_wildcard:
+        where += ", wildcard allowed"
+    return where
 
 
 def _verdict(problem: str | None) -> str:

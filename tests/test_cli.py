@@ -792,3 +792,30 @@ def test_url_link_logs_in_to_a_real_server(tailnet_addresses_on_lo: None, tmp_pa
             assert (body["address"], body["method"]) == (URL_V4, "session")
         finally:
             conn.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, "100.64.0.1:8000, wildcard allowed", id="the-apps-own"),
+        pytest.param(
+            {"TAILNET_BIND": "127.0.0.1:9000"},
+            "127.0.0.1:9000 (TAILNET_BIND in the environment), wildcard allowed",
+            id="the-environment-wins",
+        ),
+        pytest.param(
+            {"TAILNET_BIND": "a", "FLASK_TAILNET_BIND": "b"},
+            "unusable environment (",
+            id="two-spellings-disagree",
+        ),
+    ],
+)
+def test_status_says_where_gunicorn_would_listen(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    app = make_app(state_dir, bind=["100.64.0.1:8000"], allow_wildcard_bind=True)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = app.test_cli_runner().invoke(tailnet, ["status"])
+    line = next(x for x in result.stdout.splitlines() if x.startswith("gunicorn binds:"))
+    assert expected in line
