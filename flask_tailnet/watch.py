@@ -55,7 +55,6 @@ except (ImportError, OSError):  # pragma: no cover - not Linux
     AVAILABLE = False
 
 _generations = itertools.count(1)
-_watches: weakref.WeakSet[DirectoryWatch] = weakref.WeakSet()
 _by_path: weakref.WeakValueDictionary[str, DirectoryWatch] = weakref.WeakValueDictionary()
 _lock = threading.Lock()
 
@@ -76,7 +75,6 @@ class DirectoryWatch:
         self._epoll: select.epoll | None = None
         self._generation = next(_generations)
         self._lock = threading.Lock()
-        _watches.add(self)
 
     @property
     def armed(self) -> bool:
@@ -172,7 +170,7 @@ def watch_for(directory: Path) -> DirectoryWatch:
 
 def disarm_all() -> None:
     """Stop every watch of this process; each re-arms on its next slow-path check."""
-    for watch in list(_watches):
+    for watch in list(_by_path.values()):
         watch.disarm()
 
 
@@ -181,7 +179,7 @@ def _after_fork_in_child() -> None:
     gone for the other. The locks are new too: another thread may have held one at the fork."""
     global _lock  # noqa: PLW0603
     _lock = threading.Lock()
-    for watch in list(_watches):
+    for watch in list(_by_path.values()):
         watch._lock = threading.Lock()
         watch.disarm()
 
