@@ -143,6 +143,21 @@ def addresses_on_lo(cidrs: Sequence[str]) -> Iterator[None]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def example_cli(env: dict[str, str], *args: str) -> str:
+    """``flask --app example_app tailnet <args>`` as a real process with ``env``: its stdout,
+    stripped. A failure raises (``check=True``)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
 @contextmanager
 def serving_example_app(host: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
     """Run ``flask --app example_app run`` on ``host`` and a free port; yield the port once it

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
 
-from .conftest import ROOT, addresses_on_lo, serving_example_app
+from .conftest import addresses_on_lo, example_cli, serving_example_app
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ADDRESS = "100.64.0.20"
@@ -68,20 +67,6 @@ def tailnet_address() -> Iterator[str]:
         yield ADDRESS
 
 
-def _flask_tailnet(env: dict[str, str], *args: str) -> str:
-    """``flask --app example_app tailnet <args>``: its stdout."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout.strip()
-
-
 @dataclass(frozen=True)
 class Served:
     """The example app running on ``url``; ``cli`` runs ``flask tailnet ...`` against its state."""
@@ -90,7 +75,7 @@ class Served:
     env: dict[str, str]
 
     def cli(self, *args: str) -> str:
-        return _flask_tailnet(self.env, *args)
+        return example_cli(self.env, *args)
 
 
 def _example_env(state: Path, **settings: str) -> dict[str, str]:
@@ -134,7 +119,7 @@ def file_password_app(
         FLASK_TAILNET_PASSWORD_ENV="TAILNET_E2E_UNSET",
     )
     # `password` mode refuses to start without a password: write the first one in `token` mode.
-    first = _flask_tailnet({**env, "FLASK_TAILNET_AUTH": "token"}, "password", "--generate")
+    first = example_cli({**env, "FLASK_TAILNET_AUTH": "token"}, "password", "--generate")
     with _serving(tailnet_address, {**env, "FLASK_TAILNET_AUTH": "password"}) as served:
         yield served, first
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import addresses_on_lo, serving_example_app
+from .conftest import addresses_on_lo, example_cli, serving_example_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_V4, CLIENT_V4 = "100.64.0.10", "100.64.0.11"
@@ -63,16 +61,7 @@ class Server:
             conn.close()
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", *args],
-            cwd=ROOT,
-            env={**os.environ, "FLASK_TAILNET_STATE_DIR": str(self.state_dir)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return result.stdout.strip()
+        return example_cli({**os.environ, "FLASK_TAILNET_STATE_DIR": str(self.state_dir)}, *args)
 
 
 def _serve(host: str, state_dir: Path) -> Iterator[Server]:
