@@ -1,8 +1,9 @@
 """The login password: from an environment variable, else from the password file (pure).
 
 The password file holds plain text, or a werkzeug password hash (``scrypt:`` or ``pbkdf2:``) as
-``flask tailnet password`` writes it. Both sources are read at each check (the file with one
-``lstat``), so setting, changing or removing them takes effect without a restart.
+``flask tailnet password`` writes it. Both sources are read at each check (the file through the
+state directory's watch, see :mod:`flask_tailnet.watch`), so setting, changing or removing them
+takes effect without a restart.
 """
 
 from __future__ import annotations

@@ -98,10 +98,11 @@ class _Keyed:
 class SessionCodec:
     """Issues and opens session cookies signed with the key in ``key_file``.
 
-    The key is read on every call (one ``lstat`` while it is unchanged); the signer and the
-    fingerprint key are built once per key value, and a cookie's signature and payload are
-    checked once per key value (verified cookies are cached; the lifetime and the credential are
-    checked on every call). While the key file is missing-and-uncreatable, untrusted or empty,
+    The key is read on every call (a poll of the state directory's watch, or one ``lstat``,
+    while it is unchanged); the signer and the fingerprint key are built once per key value, and
+    a cookie's signature and payload are checked once per key value (verified cookies are cached;
+    the lifetime and the credential are checked on every call). While the key file is
+    missing-and-uncreatable, untrusted or empty,
     no cookie is issued and every cookie is refused.
     """
 
