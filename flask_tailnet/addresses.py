@@ -15,6 +15,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _net = ipaddress.ip_network
 
+#: Longer values are not an address (the longest IPv6 text with a zone is far shorter).
+MAX_ADDRESS_LENGTH = 64
+
 LOOPBACK: tuple[Network, ...] = (_net("127.0.0.0/8"), _net("::1/128"))
 #: Tailscale's CGNAT range. It is shared address space that ISPs use too: membership is necessary,
 #: not sufficient, which is why remote peers still need a credential.
@@ -42,7 +45,7 @@ def parse_ip(value: object) -> IPAddress | None:
     Never raises. Refused: non-strings, empty strings, surrounding or inner whitespace, brackets,
     ports, and the legacy spellings (``127.1``, ``0x7f.0.0.1``) that ``ipaddress`` refuses.
     """
-    if not isinstance(value, str) or not value or len(value) > 64:
+    if not isinstance(value, str) or not value or len(value) > MAX_ADDRESS_LENGTH:
         return None
     try:
         ip = ipaddress.ip_address(value)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .caches import BoundedCache
 from .peer import Peer, logged_in
 from .ratelimit import AttemptBudget, exempt
 
@@ -29,6 +30,8 @@ def secret_matches(presented: bytes, secret: bytes | None) -> bool:
 
 
 _KNOWN_LIMIT = 4096
+_Client = tuple[str | None, bool]  # address, via_proxy
+_Slot = tuple[str | None, bool, bytes]  # address, via_proxy, keyed digest of the credential
 _monotonic = time.monotonic
 
 
@@ -47,9 +50,16 @@ class Attempts:
         self.remember = remember
         # Keyed once; each digest copies it (cheaper than keying a new hash per request).
         self._keyed = hashlib.blake2b(key=os.urandom(32), digest_size=16)
-        self._known: dict[tuple[str | None, bool, bytes], tuple[float, object, Peer]] = {}
-        self._token_clients: dict[tuple[str | None, bool], tuple[bytes, Peer]] = {}
-        self._failing: set[tuple[str | None, bool]] = set()
+        # Keys are canonical addresses and fixed-size digests: bounded by the entry count.
+        self._known_cache: BoundedCache[_Slot, tuple[float, object, Peer]]
+        self._known_cache = BoundedCache(max_entries=_KNOWN_LIMIT, max_key_size=0)
+        self._token_cache: BoundedCache[_Client, tuple[bytes, Peer]]
+        self._token_cache = BoundedCache(max_entries=_KNOWN_LIMIT, max_key_size=0)
+        self._failing_cache: BoundedCache[_Client, None]
+        self._failing_cache = BoundedCache(max_entries=_KNOWN_LIMIT, max_key_size=0)
+        self._known = self._known_cache.entries
+        self._token_clients = self._token_cache.entries
+        self._failing = self._failing_cache.entries
 
     def check_token(
         self, anonymous: Peer, presented: bytes, token: bytes | None
@@ -69,11 +79,9 @@ class Attempts:
             lambda: logged_in(anonymous, "token") if secret_matches(presented, token) else None,
         )
         if isinstance(result, Peer) and token is not None:
-            if len(self._token_clients) >= _KNOWN_LIMIT:
-                self._token_clients.clear()
-            self._token_clients[slot] = (token, result)
+            self._token_cache.store(slot, (token, result))
         else:
-            self._token_clients.pop(slot, None)
+            self._token_cache.forget(slot)
         return result
 
     def remembered(
@@ -123,17 +131,13 @@ class Attempts:
         peer = verify()
         failing = (anonymous.address, anonymous.via_proxy)
         if peer is None:
-            if len(self._failing) >= _KNOWN_LIMIT:
-                self._failing.clear()
-            self._failing.add(failing)
+            self._failing_cache.store(failing, None)
             return None
-        self._failing.discard(failing)
+        self._failing_cache.forget(failing)
         if limited:
             self.budget.refund(client or "unknown")
         marker = None if in_force is None else in_force(peer)
         if marker is not None:
-            if len(self._known) >= _KNOWN_LIMIT:
-                self._known.clear()
             slot = (anonymous.address, anonymous.via_proxy, digest)
-            self._known[slot] = (time.monotonic() + self.remember, marker, peer)
+            self._known_cache.store(slot, (time.monotonic() + self.remember, marker, peer))
         return peer

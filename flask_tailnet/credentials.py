@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from .attempts import Attempts, Limited, secret_matches
+from .caches import BoundedCache
 from .gate import PROXY_FIX_ORIG, SAFE_METHODS
 from .hosts import cross_site
 from .pamauth import PamVerifier
@@ -162,7 +163,10 @@ class SessionCookie:
         self._watch = codec.key_file.watch
         shared = {credentials.token_file.watch, credentials.passwords.file.watch}
         self._memo_enabled = shared == {self._watch}
-        self._memo: dict[str, tuple[int, float, Session]] = {}
+        self._memo_cache: BoundedCache[str, tuple[int, float, Session]] = BoundedCache(
+            max_entries=_MEMO_LIMIT, max_key_size=_MEMO_KEY_SIZE, max_bytes=_MEMO_BYTES
+        )
+        self._memo = self._memo_cache.entries
 
     def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         header = environ.get("HTTP_COOKIE")
@@ -191,8 +195,7 @@ class SessionCookie:
         """The session of ``header``'s cookie, verified in full, remembered when it may be."""
         generation = self._watch.generation()  # before the files are read: a change after is seen
         recheck_at = _monotonic() + RECHECK_SECONDS
-        memo = self._memo
-        memo.pop(header, None)
+        self._memo_cache.forget(header)
         session = self.codec.open(
             cookie_value(header, self.name), self.credentials.session_credential
         )
@@ -203,13 +206,14 @@ class SessionCookie:
         if self._memo_enabled and (
             session.method != "password" or not self.credentials.passwords.from_env()
         ):
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[header] = (generation, recheck_at, session)
+            self._memo_cache.store(header, (generation, recheck_at, session), len(header))
         return session
 
 
 _MEMO_LIMIT = 1024
+#: Longer ``Cookie`` headers are verified on every request, never remembered.
+_MEMO_KEY_SIZE = 8192
+_MEMO_BYTES = 1 << 20
 _monotonic = time.monotonic
 
 

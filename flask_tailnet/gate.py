@@ -7,6 +7,8 @@ leaves to the credential cascade (:mod:`flask_tailnet.credentials`).
 
 Everything that depends only on the socket address and the Host header is decided once per
 distinct pair and cached, so the common request costs one dictionary lookup and a few key tests.
+Pairs that the checks refuse for their length (see :data:`~flask_tailnet.hosts.MAX_HOST_LENGTH`)
+are decided every time instead, so the cache's memory stays bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .addresses import IPAddress, Network, Policy, in_networks, parse_ip
-from .hosts import HostCheck, HostRule, cross_site
+from .addresses import MAX_ADDRESS_LENGTH, IPAddress, Network, Policy, in_networks, parse_ip
+from .caches import BoundedCache
+from .hosts import MAX_HOST_LENGTH, HostCheck, HostRule, cross_site
 from .peer import Peer
 from .proxies import FUNNEL_KEY, PROXY_HEADER_KEYS, forwarded_client
 
@@ -73,7 +76,12 @@ class Gate:
         self.host_ok = HostCheck(allowed_hosts, policy.contains)
         self.trusted_proxies = trusted_proxies
         self.local_bypass = local_bypass
-        self._routes: dict[tuple[object, object], _Route] = {}
+        # Keys longer than the checks accept are never stored: a refused 60 kB Host is decided
+        # again (in constant time) rather than kept.
+        self._route_cache: BoundedCache[tuple[object, object], _Route] = BoundedCache(
+            max_entries=_CACHE_LIMIT, max_key_size=MAX_ADDRESS_LENGTH + MAX_HOST_LENGTH
+        )
+        self._routes = self._route_cache.entries
         self._warned_untrusted_proxy = False
 
     def admit(self, environ: Mapping[str, Any]) -> Verdict:
@@ -144,7 +152,7 @@ class Gate:
             bypass=bypass,
         )
         if isinstance(remote_addr, str | None) and isinstance(host, str | None):
-            if len(self._routes) >= _CACHE_LIMIT:
-                self._routes.clear()
-            self._routes[key] = route
+            address_size, host_size = len(remote_addr or ""), len(host or "")
+            if address_size <= MAX_ADDRESS_LENGTH and host_size <= MAX_HOST_LENGTH:
+                self._route_cache.store(key, route, address_size + host_size)
         return route

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .addresses import IPAddress, parse_ip
+from .caches import BoundedCache
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
 _PORT = re.compile(r"[0-9]{1,5}")
 _CACHE_LIMIT = 1024
+#: Longer ``Host`` values are refused unread (a DNS name has at most 253 characters).
+MAX_HOST_LENGTH = 300
 #: How many distinct refused Host values are logged per check, so a flood cannot fill the log.
 _LOG_LIMIT = 20
 
@@ -60,7 +63,7 @@ def split_host(value: object) -> tuple[str, IPAddress | None, str] | None:
     or out-of-range port, an unclosed bracket (``[::1``), a bracket around a non-IPv6 value, a bare
     IPv6 literal, whitespace, userinfo, or a name that is not DNS syntax. Never raises.
     """
-    if not isinstance(value, str) or not value or len(value) > 300:
+    if not isinstance(value, str) or not value or len(value) > MAX_HOST_LENGTH:
         return None
     if value.startswith("["):
         inner, bracket, rest = value[1:].partition("]")
@@ -86,7 +89,8 @@ class HostCheck:
 
     Accepted: ``localhost`` (any case, any port), loopback IP literals, IP literals that
     ``admits_ip`` accepts, and names matching ``rules``. Everything else, and every malformed or
-    missing value, is refused; the first refusals of distinct values are logged with a hint.
+    missing value, is refused; the first refusals of distinct values are logged with a hint. A
+    value longer than :data:`MAX_HOST_LENGTH` is refused without being remembered.
     """
 
     def __init__(
@@ -94,7 +98,10 @@ class HostCheck:
     ) -> None:
         self._rules = rules
         self._admits_ip = admits_ip
-        self._cache: dict[object, bool] = {}
+        self._memo: BoundedCache[object, bool] = BoundedCache(
+            max_entries=_CACHE_LIMIT, max_key_size=MAX_HOST_LENGTH
+        )
+        self._cache = self._memo.entries
         self._logged = 0
 
     def __call__(self, value: object) -> bool:
@@ -112,9 +119,7 @@ class HostCheck:
                 value,
             )
         if isinstance(value, str):
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[value] = verdict
+            self._memo.store(value, verdict, len(value))
         return verdict
 
     def _decide(self, value: object) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .caches import BoundedCache
+
 #: How a peer got in: the loopback bypass, the bearer token, a session cookie, the password or PAM
 #: (Basic auth). ``"none"``: it did not (an exempt view served to an anonymous peer).
 Method = Literal["loopback", "token", "session", "password", "pam", "none"]
@@ -35,8 +37,13 @@ class Peer:
 #: The peer of a request the guard did not see (an app without the extension).
 NOBODY = Peer(address=None, method="none")
 
-_LOGGED_IN: dict[tuple[str | None, bool, Method, str | None], Peer] = {}
 _LOGGED_IN_LIMIT = 4096
+#: User names longer than this are shared no more (PAM refuses far shorter input).
+_USER_SIZE = 1024
+_LOGGED_IN_CACHE: BoundedCache[tuple[str | None, bool, Method, str | None], Peer] = BoundedCache(
+    max_entries=_LOGGED_IN_LIMIT, max_key_size=_USER_SIZE
+)
+_LOGGED_IN = _LOGGED_IN_CACHE.entries
 
 
 def logged_in(anonymous: Peer, method: Method, user: str | None = None) -> Peer:
@@ -48,7 +55,6 @@ def logged_in(anonymous: Peer, method: Method, user: str | None = None) -> Peer:
     key = (anonymous.address, anonymous.via_proxy, method, user)
     peer = _LOGGED_IN.get(key)
     if peer is None:
-        if len(_LOGGED_IN) >= _LOGGED_IN_LIMIT:
-            _LOGGED_IN.clear()
-        peer = _LOGGED_IN[key] = Peer(anonymous.address, method, user, False, anonymous.via_proxy)
+        peer = Peer(anonymous.address, method, user, False, anonymous.via_proxy)
+        _LOGGED_IN_CACHE.store(key, peer, len(user or ""))
     return peer

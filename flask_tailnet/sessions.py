@@ -29,6 +29,7 @@ from typing import Literal, TypeGuard
 from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode
 
+from .caches import BoundedCache
 from .secretfile import SecretFile
 
 #: How a session was opened.
@@ -47,6 +48,9 @@ _FINGERPRINT_BYTES = 16
 _FINGERPRINT_LABEL = b"flask-tailnet credential fingerprint"
 #: Entries kept in each cache (verified cookies; fingerprints) before it is emptied.
 _CACHE_LIMIT = 1024
+#: Bytes of keys each cache holds at most: cookies are at most MAX_COOKIE_LENGTH, credentials
+#: longer than that are fingerprinted every time instead of remembered.
+_CACHE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,23 +79,26 @@ class _Keyed:
     cookies whose signature verified under this key and of credential fingerprints. A rotated
     key gets a new instance, so nothing verified under the old key survives."""
 
-    __slots__ = ("fingerprint_key", "fingerprints", "key", "opened", "signer")
+    __slots__ = ("fingerprint_cache", "fingerprint_key", "fingerprints", "key", "opened", "signer")
 
     def __init__(self, key: bytes, salt: str, now: Callable[[], float]) -> None:
         self.key = key
         self.signer = _Signer(key, salt, now)
         self.fingerprint_key = hmac.digest(key, _FINGERPRINT_LABEL, "sha256")
-        self.opened: dict[str, tuple[Session, bytes]] = {}
-        self.fingerprints: dict[bytes, bytes] = {}
+        self.opened: BoundedCache[str, tuple[Session, bytes]] = BoundedCache(
+            max_entries=_CACHE_LIMIT, max_key_size=MAX_COOKIE_LENGTH, max_bytes=_CACHE_BYTES
+        )
+        self.fingerprint_cache: BoundedCache[bytes, bytes] = BoundedCache(
+            max_entries=_CACHE_LIMIT, max_key_size=MAX_COOKIE_LENGTH, max_bytes=_CACHE_BYTES
+        )
+        self.fingerprints = self.fingerprint_cache.entries
 
     def fingerprint(self, credential: bytes) -> bytes:
         fingerprint = self.fingerprints.get(credential)
         if fingerprint is None:
-            if len(self.fingerprints) >= _CACHE_LIMIT:
-                self.fingerprints.clear()
             digest = hmac.digest(self.fingerprint_key, credential, "sha256")
             fingerprint = base64.urlsafe_b64encode(digest[:_FINGERPRINT_BYTES]).rstrip(b"=")
-            self.fingerprints[credential] = fingerprint
+            self.fingerprint_cache.store(credential, fingerprint, len(credential))
         return fingerprint
 
 
@@ -181,14 +188,12 @@ class SessionCodec:
         keyed = self._keys()
         if keyed is None:
             return None
-        opened = keyed.opened.get(cookie)
+        opened = keyed.opened.entries.get(cookie)
         if opened is None:
             opened = _verify(keyed, cookie)
             if opened is None:
                 return None
-            if len(keyed.opened) >= _CACHE_LIMIT:
-                keyed.opened.clear()
-            keyed.opened[cookie] = opened
+            keyed.opened.store(cookie, opened, len(cookie))
         session, presented = opened
         if not self.in_lifetime(session):
             return None

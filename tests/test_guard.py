@@ -346,7 +346,7 @@ def test_logged_in_peers_are_shared_values(monkeypatch: pytest.MonkeyPatch) -> N
         True,
     )
     assert not anonymous.authenticated
-    monkeypatch.setattr(peer_module, "_LOGGED_IN_LIMIT", 2)
+    monkeypatch.setattr(peer_module._LOGGED_IN_CACHE, "max_entries", 2)
     for n in range(5):
         peer_module.logged_in(peer_module.Peer(f"100.64.0.{n}", "none"), "token")
     assert len(peer_module._LOGGED_IN) <= 2
