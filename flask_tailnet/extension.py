@@ -209,15 +209,30 @@ class Refusals:
         link = login.token_link(self.state, environ, anonymous)
         if link is not None:
             return link
-        with self.app.request_context(environ):
-            view = self.app.view_functions.get(request.endpoint or "")
-        if getattr(view, _EXEMPT_ATTR, False) is True:
+        if self.exempt_view(environ):
             return None
         if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and login.prefers_html(environ):
             response = redirect(login.login_url(self.state, environ), 303)
             response.headers["Cache-Control"] = "no-store"
             return response
         return Unauthorized(self.state.settings.realm)
+
+    def exempt_view(self, environ: WSGIEnvironment) -> bool:
+        """Whether the request routes to a view marked exempt. Only the URL map is consulted: no
+        request context is pushed, so a request without a credential opens no session (its
+        ``Cookie`` header is not parsed) and runs none of the app's hooks. A request that does
+        not route (404, 405, a redirect to add a slash, a Host ``TRUSTED_HOSTS`` refuses) is
+        not exempt."""
+        app = self.app
+        try:
+            adapter = app.create_url_adapter(app.request_class(environ))
+            if adapter is None:
+                return False
+            rule, _ = adapter.match(return_rule=True)
+        except exceptions.HTTPException:
+            return False
+        view = app.view_functions.get(rule.endpoint)
+        return getattr(view, _EXEMPT_ATTR, False) is True
 
     def denied(
         self, environ: WSGIEnvironment, result: object, anonymous: Peer

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_plus
 
 from flask import Blueprint, make_response, redirect, render_template_string, request
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_accept_header
 from werkzeug.wrappers import Response
 
+from . import accept
 from .attempts import Limited
 from .gate import PROXY_FIX_ORIG
 from .hosts import cross_site
@@ -36,9 +35,9 @@ _CSRF_SUFFIX = "_csrf"
 
 
 def prefers_html(environ: WSGIEnvironment) -> bool:
-    """True when the client is a browser: its ``Accept`` prefers ``text/html`` to JSON."""
-    accept = parse_accept_header(environ.get("HTTP_ACCEPT"), MIMEAccept)
-    return accept.best_match(["application/json", "text/html"]) == "text/html"
+    """True when the client is a browser: its ``Accept`` prefers ``text/html`` to JSON (see
+    :func:`flask_tailnet.accept.prefers_html`; a header over 1 kB is not a browser's)."""
+    return accept.prefers_html(environ.get("HTTP_ACCEPT"))
 
 
 def request_is_https(environ: WSGIEnvironment) -> bool:
