@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_plus
 
 from flask import Blueprint, make_response, redirect, render_template_string, request
+from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
 from . import accept
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 PAGE = files(__package__).joinpath("templates/login.html").read_text(encoding="utf-8")
 _CSRF_SUFFIX = "_csrf"
+#: What a query keeps unencoded when it is sent on: its delimiters and its escapes.
+_QUERY_SAFE = "/?:@!$&'()*+,;=~%"
 
 
 def prefers_html(environ: WSGIEnvironment) -> bool:
@@ -48,11 +51,13 @@ def request_is_https(environ: WSGIEnvironment) -> bool:
 
 
 def login_url(state: GuardState, environ: WSGIEnvironment) -> str:
-    """The login page's URL with ``next`` set to the request's own path and query."""
+    """The login page's URL with ``next`` set to the request's own path and query (their bytes
+    as sent, percent-encoded: a query that is not UTF-8 comes back as it was)."""
     query = environ.get("QUERY_STRING", "")
     here = request_path(environ) + ("?" + query if query else "")
     root = environ.get("SCRIPT_NAME", "")
-    return f"{root}{state.settings.login_prefix}/login?next={quote(here, safe='')}"
+    encoded = quote(here.encode("latin-1", "replace"), safe="")
+    return f"{root}{state.settings.login_prefix}/login?next={encoded}"
 
 
 def request_path(environ: WSGIEnvironment) -> str:
@@ -60,6 +65,17 @@ def request_path(environ: WSGIEnvironment) -> str:
     original bytes."""
     raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     return quote(raw.encode("latin-1", "replace"), safe="/@:!$&'()*+,;=~")
+
+
+def query_text(environ: WSGIEnvironment) -> str:
+    """The query string as text. Raises :class:`~werkzeug.exceptions.BadRequest` (400) when its
+    bytes are not UTF-8: browsers percent-encode every other byte, and werkzeug's own parser
+    raises ``UnicodeDecodeError`` (a 500) on such a query."""
+    raw = str(environ.get("QUERY_STRING", "")).encode("latin-1", "replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The query string is not UTF-8.") from None
 
 
 def set_session_cookie(response: Response, state: GuardState, value: str, https: bool) -> None:
@@ -86,8 +102,8 @@ def token_link(state: GuardState, environ: WSGIEnvironment, anonymous: Peer) -> 
         name, _, value = part.partition("=")
         if unquote_plus(name) == "token":
             presented = unquote_plus(value)
-        elif part:
-            kept.append(part)
+        elif part:  # its bytes as sent, percent-encoded where they are not URL characters
+            kept.append(quote(part.encode("latin-1", "replace"), safe=_QUERY_SAFE))
     if not presented:
         return None
     token = state.token_file.read(create=True)
@@ -134,6 +150,7 @@ def blueprint(
 
     def page(*, error: str | None = None, status: int = 200, username: str = "") -> Response:
         method = state.credentials.resolve().method
+        query_text(request.environ)  # before request.values parses it
         nonce = request.cookies.get(csrf_cookie) or secrets.token_urlsafe(32)
         body = render_template_string(
             PAGE,
