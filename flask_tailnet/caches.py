@@ -25,6 +25,11 @@ class BoundedCache(Generic[K, V]):
     :meth:`store`, :meth:`forget` and :meth:`clear`. The ``size`` given to :meth:`store` is the
     caller's measure of the key (characters or bytes of its variable parts); a key of size 0 is
     bounded by the entry count alone, so fixed-size keys (digests, addresses) may pass 0.
+
+    Under threads (gthread workers, the development server) the entry count and the key-size
+    limit hold exactly, so the keys never take more than ``max_entries * max_key_size``; the
+    running byte total is kept without a lock and may then lose an addition, which can only let
+    the cache fill a little further towards that bound before it is emptied.
     """
 
     __slots__ = ("_bytes", "entries", "max_bytes", "max_entries", "max_key_size")
