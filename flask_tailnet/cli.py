@@ -24,6 +24,7 @@ from werkzeug.security import generate_password_hash
 from .binds import BindRefused, binds_from_env
 from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
+from .pamauth import pam_status
 from .passwords import _MAX_PRESENTED
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
 
@@ -133,7 +134,9 @@ def _say_method(state: GuardState) -> None:
 @tailnet.command("status")
 def status_command() -> None:
     """A readable report of the guard's configuration and state files; exits 1 when a file or
-    the directory is unsafe. Prints no secret."""
+    the directory is unsafe, or when PAM would accept any password for a user of
+    ``TAILNET_PAM_USERS`` (an account without a password under a ``nullok`` stack; the guard
+    refuses it). Prints no secret."""
     state = _state()
     conf = state.settings
     resolution = state.credentials.resolve()
@@ -175,6 +178,10 @@ def status_command() -> None:
         f"login page:       {conf.login_prefix}/login",
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind),
     ]
+    if state.credentials.pam is not None:
+        for line in pam_status(state.credentials.pam):
+            unsafe = unsafe or line.unsafe
+            lines.append(f"{line.label + ':' if line.label else '':<17} {line.text}")
     click.echo("\n".join(lines))
     if unsafe:
         click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)

@@ -471,7 +471,7 @@ def test_status_shows_the_settings(state_dir: Path) -> None:
     )
     result = app.test_cli_runner().invoke(tailnet, ["status"])
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[7:] == [
+    assert result.stdout.splitlines()[7:16] == [
         "network policy:   local, allowlist 100.64.0.0/16, fd7a:115c:a1e0::/64",
         "allowed hosts:    localhost, IP literals in the policy, box.tail1234.ts.net, "
         ".example.internal",
