@@ -126,17 +126,17 @@ class PamVerifier:
         PAM's code and reason. Any exception from python-pam is logged and refused.
         """
         started = time.monotonic()
-        if self._ask_pam(username, password):
-            try:
+        try:
+            if self._ask_pam(username, password):
                 return self._pam(username, password, started)
-            except Exception as exc:
-                log.error(
-                    "flask-tailnet: PAM check for %r (service %r) failed: %s: %s",
-                    username,
-                    self.service,
-                    type(exc).__name__,
-                    exc,
-                )
+        except Exception as exc:  # python-pam's, or an unforeseen one: a refusal all the same
+            log.error(
+                "flask-tailnet: PAM check for %r (service %r) failed: %s: %s",
+                username,
+                self.service,
+                type(exc).__name__,
+                exc,
+            )
         self.delay.wait(started)
         return False
 
