@@ -9,7 +9,9 @@ import logging
 import os
 import pwd
 import secrets
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -484,6 +486,40 @@ def test_the_password_state_of_an_account(
     found = password_account(pam_user.username)
     assert (found.state.name, where in found.where) == (with_password, True)
     assert password_account(NOBODY).state is PasswordState.NO_ACCOUNT
+
+
+def test_a_server_that_is_not_root_examines_its_own_account_only(
+    pam_user: PamUser, passwordless_user: PamUser
+) -> None:
+    """As each test user (not root, no group shadow): its own account through unix_chkpwd, the
+    other one not at all. The module runs from its source on stdin under the system Python, which
+    every user may run (the test's own interpreter and checkout may be private to root)."""
+    setpriv = shutil.which("setpriv") or pytest.skip("needs setpriv (util-linux)")
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else None
+    if python is None:
+        pytest.skip("needs /usr/bin/python3")
+    names = [pam_user.username, passwordless_user.username]
+    script = Path(accounts.__file__).read_text() + (
+        f"\nfor name in {names!r}:\n    print(password_account(name).state.name)\n"
+    )
+    seen = {}
+    for user in (pam_user, passwordless_user):
+        entry = pwd.getpwnam(user.username)
+        as_user = [f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+        done = subprocess.run(
+            [setpriv, *as_user, python, "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        seen[user.username] = done.stdout.split()
+    assert seen == {
+        pam_user.username: ["SET", "UNKNOWN"],
+        passwordless_user.username: ["UNKNOWN", "EMPTY"],
+    }
 
 
 @pytest.mark.parametrize(
