@@ -23,7 +23,7 @@ import pam
 import pytest
 
 from flask_tailnet import accounts, pamauth, pamstack
-from flask_tailnet.accounts import PasswordState, password_account
+from flask_tailnet.accounts import Account, PasswordState, password_account
 from flask_tailnet.cli import tailnet
 from flask_tailnet.faildelay import MAX_WAIT, FailureDelay, libpam_spread
 from flask_tailnet.pamauth import MAX_INPUT, PamVerifier, pam_problem
@@ -661,18 +661,43 @@ def test_an_account_this_process_cannot_examine(
             4.0,
             id="pam_faildelay reads login.defs",
         ),
+        pytest.param(
+            {"svc": "auth optional pam_faildelay.so delay=soon\nauth required pam_unix.so nodelay"},
+            [],
+            [],
+            0.0,
+            id="pam_faildelay with a delay that is no number",
+        ),
+        pytest.param(
+            {"svc": "@include\nauth required pam_unix.so nodelay nullok"},
+            ["svc:2"],
+            [],
+            0.0,
+            id="@include without a name",
+        ),
+        pytest.param({"svc": None}, [], ["svc"], 0.0, id="the service file cannot be read"),
+        pytest.param(
+            {"svc": "@include {tmp}/abs", "abs": "auth required pam_unix.so nodelay nullok"},
+            ["abs:1"],
+            [],
+            0.0,
+            id="absolute include",
+        ),
     ],
 )
 def test_the_stack_report(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    files: dict[str, str],
+    files: dict[str, str | None],
     nullok: list[str],
     unreadable: list[str],
     delay: float,
 ) -> None:
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        if text is None:
+            (tmp_path / name).mkdir()  # there, but open() fails
+        else:
+            (tmp_path / name).write_text(text.format(tmp=tmp_path))
     (tmp_path / "login.defs").write_text("#FAIL_DELAY 9\nFAIL_DELAY 4\n")
     monkeypatch.setattr(pamstack, "LOGIN_DEFS", str(tmp_path / "login.defs"))
     report = read_stack("svc", (str(tmp_path),))
@@ -683,6 +708,76 @@ def test_the_stack_report(
         assert [u.removeprefix(f"{tmp_path}/") for u in report.unreadable] == unreadable
     assert report.fail_delay == delay
     assert report.may_pass_empty is bool(nullok or unreadable)
+    assert ("cannot be read in full" in report.describe()) is bool(unreadable)
+
+
+def test_without_login_defs_pam_faildelay_adds_no_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "svc").write_text(
+        "auth optional pam_faildelay.so\nauth required pam_unix.so nodelay"
+    )
+    monkeypatch.setattr(pamstack, "LOGIN_DEFS", str(tmp_path / "missing"))
+    assert read_stack("svc", (str(tmp_path),)).fail_delay == 0.0
+
+
+def _helper(code: str) -> Callable[[pytest.MonkeyPatch, Path], None]:
+    """A stand-in for unix_chkpwd where the real one cannot be made to answer so."""
+
+    def install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        _unreadable_shadow(monkeypatch, tmp_path)
+        helper = tmp_path / "unix_chkpwd"
+        helper.write_text(f"#!/bin/sh\n{code}\n")
+        helper.chmod(0o755)
+        monkeypatch.setattr(accounts, "UNIX_CHKPWD", (str(helper),))
+        monkeypatch.setattr(accounts, "_HELPER_TIMEOUT", 0.5)
+
+    return install
+
+
+@pytest.mark.parametrize(
+    ("situation", "where"),
+    [
+        pytest.param(_helper("exit 9"), "answered 9", id="helper: authinfo unavailable"),
+        pytest.param(_helper("exit 1"), "answered 1", id="helper: another error"),
+        pytest.param(_helper("sleep 5"), "unix_chkpwd failed", id="helper hangs"),
+        pytest.param(_helper("kill -9 $$"), "answered -9", id="helper killed"),
+    ],
+)
+def test_a_helper_that_answers_otherwise_tells_nothing(
+    pam_user: PamUser,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    situation: Callable[[pytest.MonkeyPatch, Path], None],
+    where: str,
+) -> None:
+    situation(monkeypatch, tmp_path)
+    found = password_account(pam_user.username)
+    assert found.state is PasswordState.UNKNOWN
+    assert where in found.where
+
+
+def test_a_hash_in_the_user_database_itself_is_a_password(
+    pam_user: PamUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pwd.getpwnam
+
+    def getpwnam(name: str) -> Any:
+        entry = list(real(name))
+        entry[1] = "$y$j9T$salt$hash"
+        return pwd.struct_passwd(entry)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    assert password_account(pam_user.username) == Account(PasswordState.SET, "the user database")
+
+
+def test_a_shadow_file_without_the_user_asks_the_helper(
+    passwordless_user: PamUser, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "shadow").write_text("someone::1::::::\n")
+    monkeypatch.setattr(accounts, "SHADOW", str(tmp_path / "shadow"))
+    found = password_account(passwordless_user.username)
+    assert (found.state, found.where) == (PasswordState.EMPTY, "unix_chkpwd's empty-password test")
 
 
 # ---- a refusal lasts as long as a PAM failure (the timing of names) ------------------------
