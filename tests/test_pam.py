@@ -5,6 +5,8 @@ PAM itself is never replaced, only observed (``pam_calls``) or, for the error pa
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import os
 import pwd
@@ -29,7 +31,14 @@ from flask_tailnet.faildelay import MAX_WAIT, FailureDelay, libpam_spread
 from flask_tailnet.pamauth import MAX_INPUT, PamVerifier, pam_problem
 from flask_tailnet.pamstack import read_stack
 
-from .conftest import TAILNET_PEER, PamUser, make_app, pam_service_file
+from .conftest import (
+    TAILNET_PEER,
+    PamUser,
+    addresses_on_lo,
+    make_app,
+    pam_service_file,
+    serving_example_app,
+)
 from .test_login import basic, session_cookie, submit
 
 #: Allowed, but no such account exists.
@@ -419,6 +428,43 @@ def test_a_peer_cannot_log_in_as_an_account_without_a_password(
         "/", headers=headers(passwordless_user), environ_base={"REMOTE_ADDR": TAILNET_PEER}
     )
     assert (response.status_code, (response.json or {}).get("method")) == (401, None)
+
+
+#: An address of this file's own on lo (helper 102's range).
+SERVER_V4 = "100.64.102.1"
+
+
+@pytest.mark.root
+def test_a_real_server_refuses_an_account_without_a_password(
+    passwordless_user: PamUser, pam_user: PamUser, tmp_path: Path
+) -> None:
+    """``flask run`` on a tailnet address, Debian's nullok stack, a peer on that address."""
+    env = {
+        **os.environ,
+        "FLASK_TAILNET_STATE_DIR": str(tmp_path / "state"),
+        "FLASK_TAILNET_PAM_SERVICE": passwordless_user.service,
+        "FLASK_TAILNET_PAM_USERS": f"{passwordless_user.username}, {pam_user.username}",
+    }
+    with (
+        addresses_on_lo([f"{SERVER_V4}/32"]),
+        serving_example_app(SERVER_V4, env, tmp_path / "server.log") as port,
+    ):
+
+        def whoami(user: str, password: str) -> tuple[int, str | None]:
+            conn = http.client.HTTPConnection(
+                SERVER_V4, port, timeout=30, source_address=(SERVER_V4, 0)
+            )
+            try:
+                conn.request("GET", "/api/whoami", headers=basic(user, password))
+                response = conn.getresponse()
+                body = response.read()
+            finally:
+                conn.close()
+            method = json.loads(body)["method"] if response.status == 200 else None
+            return response.status, method
+
+        assert whoami(passwordless_user.username, secrets.token_urlsafe(16)) == (401, None)
+        assert whoami(pam_user.username, pam_user.password) == (200, "pam")
 
 
 def test_the_login_form_refuses_an_account_without_a_password(
