@@ -107,7 +107,7 @@ def _redact_pairs(text: str, value_end: re.Pattern[str]) -> str:
     kept = 0  # text[kept:] is not yet in pieces
     position = 0  # 0 or the offset of a name end: where the next name is looked for
     upcoming = [folded.find(marker) for marker in _MARKERS]
-    for _ in range(MOST_CANDIDATES):
+    for examined in range(MOST_CANDIDATES + 1):
         at = -1
         for index, marker in enumerate(_MARKERS):
             if 0 <= upcoming[index] < position:
@@ -117,6 +117,10 @@ def _redact_pairs(text: str, value_end: re.Pattern[str]) -> str:
         if at < 0:
             break
         start = folded.rfind(_END, position, at) + 1
+        if examined == MOST_CANDIDATES:  # too many to examine: fail closed
+            pieces += [text[kept:start], REDACTED]
+            kept = len(text)
+            break
         end = folded.find(_END, at)
         if end < 0:
             break  # the name runs to the end of the text: no ``=``, no value
@@ -127,10 +131,6 @@ def _redact_pairs(text: str, value_end: re.Pattern[str]) -> str:
             kept = position
         else:
             position = end
-    else:
-        if any(marker in folded[position:] for marker in _MARKERS):
-            pieces += [text[kept:position], REDACTED]  # too many to examine: fail closed
-            kept = len(text)
     pieces.append(text[kept:])
     return "".join(pieces)
 
