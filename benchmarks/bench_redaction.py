@@ -3,7 +3,7 @@
 Run by hand from the repository root (it is a report, not a test)::
 
     python benchmarks/bench_redaction.py            # a few seconds
-    python benchmarks/bench_redaction.py --old      # also the pattern of 0.x, up to 8 kB
+    python benchmarks/bench_redaction.py --old      # also the old pattern, up to 8 kB
     python benchmarks/bench_redaction.py --old --old-64k   # and at 64 kB (minutes)
     python benchmarks/bench_redaction.py --check    # exit 1 if a goal fails
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from flask_tailnet import redaction
 
-#: The pattern of flask-tailnet 0.x, which backtracked: kept here only to compare with.
+#: The pattern used before issue 8, which backtracked: kept here only to compare with.
 OLD_PATTERN = re.compile(r"""([^\s?&;=/"'#<>]+)=([^&\s"'#<>]*)""")
 _SCAN = re.compile(r"[^\x00]*")
 
@@ -45,7 +45,7 @@ GOAL_RATIO = 40.0
 
 
 def old_redact(text: str) -> str:
-    """What 0.x did with a request line (without the name decoding, which only adds to it)."""
+    """What the old code did with a line (less the name decoding, which only adds to it)."""
     return OLD_PATTERN.sub(lambda m: m.group(0), text)
 
 
@@ -61,7 +61,7 @@ def best(function: Callable[[str], object], text: str, calls: int) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--old", action="store_true", help="also time the 0.x pattern (slow)")
+    parser.add_argument("--old", action="store_true", help="also time the old pattern (slow)")
     parser.add_argument(
         "--old-64k", action="store_true", help="with --old, the 64 kB rows too (minutes)"
     )
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((f"{size // 1024} kB, {name}", f"GET {make(size)} HTTP/1.1"))
 
     header = f"{'request line':48} {'bytes':>6} {'us/call':>9} {'scan us':>8} {'ratio':>6}"
-    print(header + (f" {'0.x us':>12}" if args.old else ""))
+    print(header + (f" {'old us':>12}" if args.old else ""))
     worst_64k = 0.0
     for name, line in rows:
         calls = args.calls if len(line) < 10_000 else max(5, args.calls // 5)
