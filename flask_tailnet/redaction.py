@@ -7,10 +7,11 @@ token link either.
 Every function here is linear in its input and bounded, whatever a client sends: no pattern is
 matched against a whole line (a backtracking pattern let one 60 kB request line stall a server for
 a minute and a half). A field is folded to lower-case ASCII in one pass, the places where a secret
-name could start (``token`` or a ``%`` escape) are found with ``str.find``, and at most
+name could start (``token`` or a ``%`` escape) are found with ``bytes.find``, and at most
 :data:`MOST_CANDIDATES` of them are examined in Python; past that the rest of the field is
-redacted whole. Only the fields that can hold a URL or a query are parsed as one (the request line,
-the path, the query, the Referer, the raw URI, a redirect); other headers are logged as they are.
+redacted whole. Only the access-log fields that can hold a URL or a query are parsed as one (the
+request line, the path, the query, the Referer, the raw URI, a redirect); other atoms are kept as
+they are, and a formatted log line is then read once more as free text.
 """
 
 from __future__ import annotations
