@@ -37,6 +37,7 @@ from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .addresses import parse_ip
+from .masking import mask_uri, uri_secrets, without_secrets
 
 log = logging.getLogger("flask_tailnet")
 
@@ -94,8 +95,8 @@ class AttemptBudget:
                 f"the rate limit namespace must be a non-empty string, not {namespace!r}"
             )
         self._items = _parse_limits(limits)
-        self._secrets = _secrets_of(storage_uri) if isinstance(storage_uri, str) else ()
-        self._shown_uri = _shown(storage_uri)
+        self._secrets = uri_secrets(storage_uri)
+        self._shown_uri = mask_uri(storage_uri)
         storage = _open_storage(storage_uri, self._shown_uri, self._secrets)
         self._limiter = MovingWindowRateLimiter(storage)
         self._namespace = _key_part(namespace)
@@ -177,7 +178,7 @@ class AttemptBudget:
             "attempt is refused with 429 until it answers (logged at most once a minute)",
             self._shown_uri,
             type(exc).__name__,
-            _without_secrets(str(exc), self._secrets),
+            without_secrets(str(exc), self._secrets),
         )
 
     def _storage_answered(self) -> None:
@@ -227,7 +228,7 @@ def _open_storage(uri: str, shown: str, secrets: tuple[str, ...]) -> Storage:
     try:
         storage = storage_from_string(uri, **options)
     except Exception as exc:  # a bad URI, a missing client library, an unreachable cluster
-        detail = _without_secrets(str(exc).replace(uri, shown), secrets)
+        detail = without_secrets(str(exc).replace(uri, shown), secrets)
         raise ValueError(f"rate limit storage {shown!r} cannot be used: {detail}") from None
     if not isinstance(storage, Storage):  # pragma: no cover - the schemes above are synchronous
         raise ValueError(f"rate limit storage {shown!r} is not a synchronous storage")
@@ -242,30 +243,3 @@ def _key_part(value: str) -> str:
     """``value`` percent-encoded except ``:``, so that no ``/`` inside it can make two
     (namespace, key) pairs build one storage key, and an IPv6 address stays readable."""
     return urllib.parse.quote(value, safe=":")
-
-
-def _secrets_of(uri: str) -> tuple[str, ...]:
-    """The parts of ``uri`` that may be secret: its user information, and the password in it as
-    written and as decoded, longest first."""
-    head = uri.rpartition("@")[0]
-    userinfo = head.partition("://")[2] or head
-    password = userinfo.partition(":")[2]
-    found = {userinfo, password, urllib.parse.unquote(password)} - {""}
-    return tuple(sorted(found, key=len, reverse=True))
-
-
-def _without_secrets(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _shown(uri: object) -> str:
-    """``uri`` for messages and logs: everything before its last ``@`` but the scheme replaced by
-    ``***``, so that no form of user information can show."""
-    text = str(uri)
-    head, at, host = text.rpartition("@")
-    if not at:
-        return text
-    scheme, sep, _ = head.partition("://")
-    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"

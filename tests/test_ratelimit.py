@@ -315,6 +315,34 @@ def test_redis_down_refuses_and_never_raises(caplog: pytest.LogCaptureFixture) -
     assert "hunter2" not in caplog.text
 
 
+#: Storages that fail (a closed loopback port, a socket that is not there), with a password in
+#: each place a URI can hold one; ``{port}`` is a closed port.
+FAILING_WITH_A_PASSWORD = [
+    pytest.param("redis://127.0.0.1:{port}/0?password=hunter2", id="query-password"),
+    pytest.param("redis://127.0.0.1:{port}/0?db=0&password=hunt%65r2", id="query-encoded"),
+    pytest.param("redis://:hunter2@127.0.0.1:{port}", id="userinfo-password"),
+    pytest.param("redis://hunter2:hunter2@127.0.0.1:{port}", id="userinfo-user-and-password"),
+    pytest.param("redis://u:hunt@er2@127.0.0.1:{port}", id="at-sign-in-password"),
+    pytest.param("redis+unix:///nonexistent/{port}.sock?password=hunter2", id="unix-socket"),
+]
+
+
+@pytest.mark.parametrize("uri", FAILING_WITH_A_PASSWORD)
+def test_a_failing_storage_never_logs_its_password(
+    uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spender = AttemptBudget(storage_uri=uri.format(port=_free_port()))
+    with caplog.at_level(logging.DEBUG, logger="flask_tailnet"):
+        assert spender.spend(CLIENT).allowed is False
+        assert spender.retry_after(CLIENT) == 60
+        spender.refund(CLIENT)
+    errors = _error_lines(caplog)
+    assert len(errors) == 1
+    assert "***" in errors[0]
+    for spelling in ("hunter2", "hunt%65r2", "hunt@er2", "er2@"):
+        assert spelling not in caplog.text
+
+
 def test_redis_that_hangs_refuses_within_the_timeout() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
