@@ -17,9 +17,10 @@ worker keeps its own budget, so N workers allow up to N times the limit. ``redis
 between every worker and host that uses the same server and namespace. The moving window stamps
 attempts with each host's clock, so hosts that share a Redis should keep their clocks in sync.
 
-Fail closed: when the storage cannot be reached or answers with an error, every attempt is refused
-as over budget; no storage exception escapes. The error is logged at most once a minute, naming
-the storage without its password.
+Fail closed: when the storage cannot be reached, answers with an error, or answers nonsense (see
+:class:`NonsenseAnswer`), every attempt is refused as over budget; no storage exception escapes.
+The error is logged at most once a minute, naming the storage as
+:func:`~flask_tailnet.masking.mask_uri` shows it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ _REDIS_TIMEOUTS: dict[str, float | str | bool] = {
     "socket_timeout": 2.0,
 }
 _LOG_EVERY = 60.0  # seconds between two log lines about an unreachable storage
+
+
+#: Seconds a host's clock may be ahead of another's that shares the storage, before the window
+#: starts it report count as nonsense.
+MAX_CLOCK_SKEW = 300.0
+
+
+class NonsenseAnswer(Exception):
+    """The storage answered what no working storage answers (a Redis-protocol server that says
+    ``+OK`` to everything, for one): treated as a storage failure, so attempts are refused."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the storage answers nonsense: {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +139,9 @@ class AttemptBudget:
                 for item in self._items:
                     if not self._limiter.hit(item, self._namespace, part):
                         return Spent(allowed=False, retry_after=self._wait(key))
+                    # ``hit`` is bool() of the storage's answer, so a server that answers "OK"
+                    # to everything would allow every attempt; the window it reports shows it
+                    self._window(item, part)
         except Exception as exc:  # any storage failure must refuse, not escape
             self._storage_failed(exc)
             return Spent(allowed=False, retry_after=self._unknown_wait)
@@ -140,8 +157,7 @@ class AttemptBudget:
                 self._limiter.clear(item, self._namespace, part)
         except Exception as exc:  # a failed refund must not fail the login
             self._storage_failed(exc)
-            return
-        self._storage_answered()
+        # no "answers again" here: ``limits`` does not show what a clear was answered
 
     def retry_after(self, key: str) -> int:
         """Whole seconds until ``key`` may attempt again: 0 when it may now, at least 1 when it is
@@ -157,13 +173,39 @@ class AttemptBudget:
         exhausted). In a moving window a limit has room again when its oldest attempt leaves the
         window, which is the reset time ``limits`` reports."""
         part = _key_part(key)
-        now = time.time()
         wait = 0
         for item in self._items:
-            stats = self._limiter.get_window_stats(item, self._namespace, part)
-            if stats.remaining <= 0:
-                wait = max(wait, math.ceil(stats.reset_time - now), 1)
+            reset_in, remaining = self._window(item, part)
+            if remaining <= 0:
+                wait = max(wait, math.ceil(reset_in), 1)
         return wait
+
+    def _window(self, item: RateLimitItem, part: str) -> tuple[float, int]:
+        """Seconds until the window of ``item`` for ``part`` has room again, and the attempts
+        left in it, as the storage reports them. Raises :class:`NonsenseAnswer` for a report
+        that no working storage gives: attempts left that are not a whole number from 0 to the
+        limit, or a reset time that is not a number, in the past, or further ahead than one
+        window plus :data:`MAX_CLOCK_SKEW` (the window starts at the oldest attempt in it,
+        which another host may have stamped with a clock that is ahead)."""
+        now = time.time()
+        stats = self._limiter.get_window_stats(item, self._namespace, part)
+        remaining, reset_time = stats.remaining, stats.reset_time
+        if type(remaining) is not int:
+            raise NonsenseAnswer(f"{_shown_number(remaining)} attempts left is not a number")
+        if not 0 <= remaining <= item.amount:
+            raise NonsenseAnswer(
+                f"it counts {_shown_number(item.amount - remaining)} attempts in a window that "
+                f"holds at most {item.amount}"
+            )
+        if not isinstance(reset_time, (int, float)) or isinstance(reset_time, bool):
+            raise NonsenseAnswer("its window has no start time")
+        reset_in = float(reset_time) - now
+        if not -1.0 <= reset_in <= item.get_expiry() + MAX_CLOCK_SKEW:  # False for NaN too
+            raise NonsenseAnswer(
+                f"its window of {item.get_expiry()} seconds has room again in "
+                f"{_shown_number(reset_in)} seconds"
+            )
+        return reset_in, remaining
 
     def _storage_failed(self, exc: Exception) -> None:
         """Log the failure, unless one was logged less than a minute ago: a storage that is down
@@ -233,6 +275,11 @@ def _open_storage(uri: str, shown: str, secrets: tuple[str, ...]) -> Storage:
     if not isinstance(storage, Storage):  # pragma: no cover - the schemes above are synchronous
         raise ValueError(f"rate limit storage {shown!r} is not a synchronous storage")
     return storage
+
+
+def _shown_number(value: object) -> str:
+    """A number from the storage, for a log line: at most 20 characters of its ``repr``."""
+    return repr(value)[:20]
 
 
 def _scheme(uri: object) -> str:

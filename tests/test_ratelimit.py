@@ -20,6 +20,8 @@ import pytest
 
 from flask_tailnet.ratelimit import ALLOWED, AttemptBudget, Spent, exempt
 
+from .conftest import TAILNET_HOST, TAILNET_PEER, make_app
+
 REPO = Path(__file__).resolve().parent.parent
 CLIENT = "100.64.0.7"
 
@@ -362,6 +364,157 @@ def test_redis_back_after_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFix
             assert spend(spender, CLIENT, 6) == [True] * 5 + [False]
     assert len(_error_lines(caplog)) == 1
     assert "answers again" in caplog.text
+
+
+# ---- a Redis-protocol server that answers +OK to everything --------------------------------------
+
+
+def _commands(buffer: bytearray) -> int:
+    """Take every complete RESP command (an array of bulk strings, or an inline line) off the
+    front of ``buffer``; return how many there were."""
+    taken = 0
+    while buffer:
+        if buffer[:1] != b"*":
+            line = buffer.find(b"\r\n")
+            if line < 0:
+                return taken
+            del buffer[: line + 2]
+            taken += 1
+            continue
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            return taken
+        position, complete = end + 2, True
+        for _ in range(int(buffer[1:end])):
+            header_end = buffer.find(b"\r\n", position)
+            if header_end < 0:
+                complete = False
+                break
+            position = header_end + 2 + int(buffer[position + 1 : header_end]) + 2
+            if position > len(buffer):
+                complete = False
+                break
+        if not complete:
+            return taken
+        del buffer[:position]
+        taken += 1
+    return taken
+
+
+@contextlib.contextmanager
+def ok_to_everything() -> Iterator[int]:
+    """A server on a free loopback port that speaks RESP and answers ``+OK`` to every command
+    (PING, EVALSHA, SCRIPT LOAD, DEL alike); yields its port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    commands: list[int] = []
+
+    def answer(conn: socket.socket) -> None:
+        buffer = bytearray()
+        with conn:
+            conn.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                count = _commands(buffer)
+                commands.append(count)
+                conn.sendall(b"+OK\r\n" * count)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+    assert sum(commands) > 0, "the budget never asked the fake server anything"
+
+
+def test_a_server_that_answers_ok_to_everything_refuses_every_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ok_to_everything() as port, caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        spender = AttemptBudget(storage_uri=f"redis://127.0.0.1:{port}/0?password=hunter2")
+        for _ in range(20):
+            assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+            assert spender.retry_after(CLIENT) == 60
+            spender.refund(CLIENT)
+    errors = _error_lines(caplog)
+    assert len(errors) == 1, "logged once in a while, not per request"
+    assert "NonsenseAnswer" in errors[0]
+    assert "answers again" not in caplog.text
+    assert f"redis://127.0.0.1:{port}/0?password=***" in errors[0]
+    assert "hunter2" not in caplog.text
+
+
+def test_a_login_against_an_ok_to_everything_server_gets_429(tmp_path: Path) -> None:
+    with ok_to_everything() as port:
+        app = make_app(
+            tmp_path / "state", auth="token", ratelimit_storage_uri=f"redis://127.0.0.1:{port}"
+        )
+        token = app.extensions["tailnet"].token_file.ensure().decode()
+        client = app.test_client()
+        statuses = [
+            client.get(
+                "/",
+                base_url=f"http://{TAILNET_HOST}",
+                environ_base={"REMOTE_ADDR": TAILNET_PEER},
+                headers={"Authorization": f"Bearer {guess}"},
+            ).status_code
+            for guess in [f"guess-{n}" for n in range(8)] + [token]
+        ]
+    assert statuses == [429] * 9, "never unlimited, and the right token is not looked at either"
+
+
+#: Window reports no working storage gives: (attempts left, reset time relative to now).
+NONSENSE_WINDOWS = [
+    pytest.param(-70, 0.0, id="more-attempts-than-the-limit-holds"),
+    pytest.param(6, 30.0, id="more-room-than-the-limit"),
+    pytest.param(True, 30.0, id="a-bool-for-a-count"),
+    pytest.param("5", 30.0, id="text-for-a-count"),
+    pytest.param(2.5, 30.0, id="a-fraction-of-an-attempt"),
+    pytest.param(3, -3600.0, id="a-window-that-ended-long-ago"),
+    pytest.param(3, 10.0**12, id="a-window-far-in-the-future"),
+    pytest.param(3, float("nan"), id="not-a-time"),
+    pytest.param(3, float("inf"), id="infinite-time"),
+    pytest.param(3, None, id="no-time"),
+]
+
+
+@pytest.mark.parametrize(("remaining", "reset_in"), NONSENSE_WINDOWS)
+def test_nonsense_windows_are_storage_failures(
+    remaining: object, reset_in: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from limits.strategies import MovingWindowRateLimiter  # noqa: PLC0415
+    from limits.util import WindowStats  # noqa: PLC0415
+
+    def nonsense(self: object, item: object, *identifiers: str) -> WindowStats:
+        reset = None if reset_in is None else time.time() + reset_in
+        return WindowStats(reset, remaining)  # type: ignore[arg-type]
+
+    spender = budget()
+    monkeypatch.setattr(MovingWindowRateLimiter, "get_window_stats", nonsense)
+    assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+    assert spender.retry_after(CLIENT) == 60
 
 
 # ---- configuration -------------------------------------------------------------------------------
