@@ -26,6 +26,7 @@ The error is logged at most once a minute, naming the storage as
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import threading
@@ -37,7 +38,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from .addresses import parse_ip
+from .addresses import TAILNET_V6, parse_ip
 from .masking import mask_uri, uri_secrets, without_secrets
 
 log = logging.getLogger("flask_tailnet")
@@ -230,6 +231,29 @@ class AttemptBudget:
             log.warning(
                 "flask-tailnet: the failed-attempt storage %s answers again", self._shown_uri
             )
+
+
+#: The prefix an IPv6 host outside the tailnet is counted by: the /64 of one subnet, which a
+#: single host usually holds whole (SLAAC, privacy addresses) and can rotate through.
+IPV6_CLIENT_PREFIX = 64
+#: The key every attempt from a missing or unparseable address is counted under.
+UNKNOWN_CLIENT = "unknown"
+
+
+def budget_key(address: str | None) -> str:
+    """The key whose budget an attempt from ``address`` spends.
+
+    An IPv4 address (an IPv4-mapped IPv6 one as its IPv4) and a tailnet IPv6 address
+    (``fd7a:115c:a1e0::/48``, one per node) are their own key. Any other IPv6 address is counted
+    by its /64 (``2001:db8:1:2::/64``), so that a host cannot multiply its budget by rotating
+    through the addresses of its subnet. A missing or unparseable address is
+    :data:`UNKNOWN_CLIENT`, one budget for all such."""
+    ip = parse_ip(address)
+    if ip is None:
+        return UNKNOWN_CLIENT
+    if ip.version == 4 or ip in TAILNET_V6:
+        return str(ip)
+    return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
 
 
 def exempt(address: str | None) -> bool:
