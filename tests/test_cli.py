@@ -577,6 +577,35 @@ def test_status_exits_non_zero_when_something_is_unsafe(
         assert secret not in result.output
 
 
+@pytest.mark.parametrize("name", ["token", "session_key"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"x\n", id="one-byte"),
+        pytest.param(b"a" * 42 + b"\n", id="42-chars"),
+        pytest.param(b"  " + b"b" * 42 + b"  \n", id="42-chars-padded"),
+    ],
+)
+def test_status_calls_a_short_secret_unsafe(
+    runner: FlaskCliRunner, app: Flask, state_dir: Path, name: str, content: bytes
+) -> None:
+    state = state_of(app)
+    state.token_file.ensure()
+    state.sessions.key_file.ensure()
+    (state_dir / name).write_bytes(content)
+    result = runner.invoke(tailnet, ["status"])
+    assert result.exit_code == 1
+    [reported] = [x for x in result.stdout.splitlines() if x.startswith(f"  {name}:")]
+    assert f"UNSAFE: {state_dir / name} is shorter than 43 bytes" in reported
+    assert f"rm {state_dir / name}" in reported
+    assert "something is UNSAFE" in result.stderr
+    if len(content.strip()) > 1:
+        assert content.strip().decode() not in result.output
+    other = "session_key" if name == "token" else "token"
+    [fine] = [x for x in result.stdout.splitlines() if x.startswith(f"  {other}:")]
+    assert fine.endswith(", safe")
+
+
 @pytest.mark.parametrize(
     ("spoil", "expected"),
     [
@@ -720,7 +749,7 @@ def test_url_with_an_unsafe_token_prints_no_link(
     "token",
     [
         pytest.param(None, id="generated"),
-        pytest.param("a+b/c=d&e#f?g%h", id="hand-written-with-url-characters"),
+        pytest.param("a+b/c=d&e#f?g%h" + "x" * 28, id="hand-written-with-url-characters"),
     ],
 )
 def test_url_logs_a_tailnet_browser_in(
