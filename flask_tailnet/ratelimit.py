@@ -138,8 +138,9 @@ class AttemptBudget:
             part = _key_part(key)
             with self._serial:
                 for item in self._items:
-                    if not self._limiter.hit(item, self._namespace, part):
-                        return Spent(allowed=False, retry_after=self._wait(key))
+                    wait = self._take(item, part, key)
+                    if wait:
+                        return Spent(allowed=False, retry_after=wait)
                     # ``hit`` is bool() of the storage's answer, so a server that answers "OK"
                     # to everything would allow every attempt; the window it reports shows it
                     self._window(item, part)
@@ -148,6 +149,21 @@ class AttemptBudget:
             return Spent(allowed=False, retry_after=self._unknown_wait)
         self._storage_answered()
         return ALLOWED
+
+    def _take(self, item: RateLimitItem, part: str, key: str) -> int:
+        """Take one attempt of ``item``'s room for ``key``: 0 when taken, else the seconds to
+        wait. A refusal stands when some limit of ``key`` is exhausted. When every one still has
+        room, either a refund or an expiry came between the two calls, or the storage refuses
+        everything (a server that answers nil or 0 to every command): a second try tells which,
+        and a second refusal is :class:`NonsenseAnswer`."""
+        if self._limiter.hit(item, self._namespace, part):
+            return 0
+        wait = self._wait(key)
+        if wait > 0:
+            return wait
+        if self._limiter.hit(item, self._namespace, part):
+            return 0
+        raise NonsenseAnswer("it refuses an attempt while its window has room")
 
     def refund(self, key: str) -> None:
         """Clear every count of ``key``, after its credential was accepted. Never raises; when the

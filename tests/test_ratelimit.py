@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,6 +346,39 @@ def test_a_failing_storage_never_logs_its_password(
         assert spelling not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("redis://127.0.0.1:{port}/0?password=wrong-hunter2", id="query-password"),
+        pytest.param("redis://:wrong-hunter2@127.0.0.1:{port}/0", id="userinfo-password"),
+        pytest.param("redis://admin:wrong-hunter2@127.0.0.1:{port}/0", id="user-and-password"),
+    ],
+)
+def test_a_real_redis_refusing_the_password_never_logs_it(
+    tmp_path: Path, uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = _free_port()
+    listen = ("--port", str(port), "--bind", "127.0.0.1", "--requirepass", "right-password")
+    with _redis_server(tmp_path, *listen, answers=lambda: _answers_at_all(port)):
+        spender = AttemptBudget(storage_uri=uri.format(port=port))
+        with caplog.at_level(logging.DEBUG, logger="flask_tailnet"):
+            assert spender.spend(CLIENT).allowed is False
+    [error] = _error_lines(caplog)
+    assert "AuthenticationError" in error or "ResponseError" in error
+    assert "wrong-hunter2" not in caplog.text
+    assert "***" in error
+
+
+def _answers_at_all(port: int) -> bool:
+    """True once something on ``port`` answers a PING, even with an error (NOAUTH)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
 def test_redis_that_hangs_refuses_within_the_timeout() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
@@ -402,9 +436,9 @@ def _commands(buffer: bytearray) -> int:
 
 
 @contextlib.contextmanager
-def ok_to_everything() -> Iterator[int]:
-    """A server on a free loopback port that speaks RESP and answers ``+OK`` to every command
-    (PING, EVALSHA, SCRIPT LOAD, DEL alike); yields its port."""
+def ok_to_everything(answer: bytes = b"+OK\r\n") -> Iterator[int]:
+    """A server on a free loopback port that speaks RESP and answers ``answer`` (``+OK``) to
+    every command (PING, EVALSHA, SCRIPT LOAD, DEL alike); yields its port."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -412,7 +446,7 @@ def ok_to_everything() -> Iterator[int]:
     stop = threading.Event()
     commands: list[int] = []
 
-    def answer(conn: socket.socket) -> None:
+    def serve(conn: socket.socket) -> None:
         buffer = bytearray()
         with conn:
             conn.settimeout(0.2)
@@ -428,7 +462,7 @@ def ok_to_everything() -> Iterator[int]:
                 buffer += data
                 count = _commands(buffer)
                 commands.append(count)
-                conn.sendall(b"+OK\r\n" * count)
+                conn.sendall(answer * count)
 
     def accept() -> None:
         while not stop.is_set():
@@ -436,7 +470,7 @@ def ok_to_everything() -> Iterator[int]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
@@ -466,6 +500,30 @@ def test_a_server_that_answers_ok_to_everything_refuses_every_attempt(
     assert "hunter2" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"+OK\r\n", id="ok"),
+        pytest.param(b"+PONG\r\n", id="pong"),
+        pytest.param(b":1\r\n", id="one"),
+        pytest.param(b":0\r\n", id="zero"),
+        pytest.param(b"$-1\r\n", id="nil"),
+        pytest.param(b"*0\r\n", id="empty-array"),
+        pytest.param(b"*2\r\n:1\r\n:1\r\n", id="a-window-from-1970"),
+        pytest.param(b"$2\r\nOK\r\n", id="bulk-ok"),
+        pytest.param(b"-ERR unknown command\r\n", id="error"),
+    ],
+)
+def test_a_server_with_one_answer_to_everything_never_allows(
+    answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ok_to_everything(answer) as port, caplog.at_level(logging.ERROR, logger="flask_tailnet"):
+        spender = AttemptBudget(storage_uri=f"redis://127.0.0.1:{port}")
+        for _ in range(7):
+            assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+    assert len(_error_lines(caplog)) == 1, "the operator is told, once"
+
+
 def test_a_login_against_an_ok_to_everything_server_gets_429(tmp_path: Path) -> None:
     with ok_to_everything() as port:
         app = make_app(
@@ -483,6 +541,24 @@ def test_a_login_against_an_ok_to_everything_server_gets_429(tmp_path: Path) -> 
             for guess in [f"guess-{n}" for n in range(8)] + [token]
         ]
     assert statuses == [429] * 9, "never unlimited, and the right token is not looked at either"
+
+
+def test_a_refusal_raced_by_a_refund_is_tried_again_not_called_nonsense(
+    storage_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused attempt whose window then shows room (a success cleared the count in between)
+    is tried once more; it is neither refused for nothing nor logged as a storage failure."""
+    spender = budget(storage_uri)
+    limiter = spender._limiter
+    real_hit, refusals = limiter.hit, [False]
+
+    def raced(*args: Any, **kwargs: Any) -> bool:
+        return refusals.pop() if refusals else real_hit(*args, **kwargs)
+
+    with caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        limiter.hit = raced  # type: ignore[method-assign]
+        assert spender.spend(CLIENT) == ALLOWED
+    assert caplog.text == ""
 
 
 #: Window reports no working storage gives: (attempts left, reset time relative to now).
