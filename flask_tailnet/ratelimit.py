@@ -201,9 +201,10 @@ class AttemptBudget:
         """Seconds until the window of ``item`` for ``part`` has room again, and the attempts
         left in it, as the storage reports them. Raises :class:`NonsenseAnswer` for a report
         that no working storage gives: attempts left that are not a whole number from 0 to the
-        limit, or a reset time that is not a number, in the past, or further ahead than one
-        window plus :data:`MAX_CLOCK_SKEW` (the window starts at the oldest attempt in it,
-        which another host may have stamped with a clock that is ahead)."""
+        limit, or, for a window that holds an attempt, a reset time that is not a number, in the
+        past, or further ahead than one window plus :data:`MAX_CLOCK_SKEW` (the window starts at
+        the oldest attempt in it, which another host may have stamped with a clock that is
+        ahead)."""
         now = time.time()
         stats = self._limiter.get_window_stats(item, self._namespace, part)
         remaining, reset_time = stats.remaining, stats.reset_time
@@ -214,6 +215,10 @@ class AttemptBudget:
                 f"it counts {_shown_number(item.amount - remaining)} attempts in a window that "
                 f"holds at most {item.amount}"
             )
+        if remaining == item.amount:
+            # an empty window: no wait, whatever start it reports (``memory://`` reports the
+            # oldest expired attempt it has not dropped yet, long past)
+            return 0.0, remaining
         if not isinstance(reset_time, (int, float)) or isinstance(reset_time, bool):
             raise NonsenseAnswer("its window has no start time")
         reset_in = float(reset_time) - now

@@ -225,6 +225,20 @@ def test_retry_after_is_honest_and_refusals_record_nothing(storage_uri: str) -> 
     assert spender.spend(CLIENT).allowed is True
 
 
+def test_an_expired_window_is_not_nonsense(
+    storage_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``memory://`` keeps expired attempts until its next write and reports the window of an
+    empty list from the oldest of them, long past: no wait, and no storage failure."""
+    spender = budget(storage_uri, "2 per second")
+    assert spend(spender, CLIENT, 2) == [True, True]
+    time.sleep(2.5)  # more than the window and the second the check allows for clocks
+    with caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        assert spender.retry_after(CLIENT) == 0
+        assert spender.spend(CLIENT) == ALLOWED
+    assert caplog.text == ""
+
+
 def test_a_short_refusal_does_not_eat_the_long_budget(storage_uri: str) -> None:
     spender = budget(storage_uri, "2 per second; 3 per hour")
     assert spend(spender, CLIENT, 2) == [True, True]
