@@ -85,6 +85,8 @@ def without_secrets(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _printable(text: str) -> str:
+    """``text`` with every character that is not printable (a line break, an escape code)
+    written as its Python escape, so that a URI cannot forge or hide log lines."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

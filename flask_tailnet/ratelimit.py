@@ -62,8 +62,8 @@ _REDIS_TIMEOUTS: dict[str, float | str | bool] = {
 _LOG_EVERY = 60.0  # seconds between two log lines about an unreachable storage
 
 
-#: Seconds a host's clock may be ahead of another's that shares the storage, before the window
-#: starts it report count as nonsense.
+#: Seconds a host's clock may be ahead of another's that shares the storage: a window that
+#: starts further ahead than that is taken for nonsense.
 MAX_CLOCK_SKEW = 300.0
 
 
