@@ -56,10 +56,13 @@ def mask_uri(uri: object) -> str:
 
 def uri_secrets(uri: object) -> tuple[str, ...]:
     """The parts of ``uri`` that may be secret, as written and percent-decoded, longest first:
-    everything before its last ``@`` and the user and the password in it, the value of every
-    query parameter whose name could name a credential (see :data:`_SECRET_NAME`), and the
+    everything before its last ``@``, the user and the password in it, and each piece of it
+    between ``:``, ``/``, ``?``, ``#`` and ``@`` (a URL parser ends the host at the first
+    ``/``, ``?`` or ``#``, so from ``redis://u:pa?ss@h`` it reports a port ``pa``); the value of
+    every query parameter whose name could name a credential (see :data:`_SECRET_NAME`); and the
     fragment. For scrubbing text that a storage library wrote about ``uri`` (an exception
-    message), where the URI itself may not be recognisable any more."""
+    message), where the URI itself may not be recognisable any more. A short piece makes the
+    scrubbed text hard to read, never a secret readable."""
     if not isinstance(uri, str):
         return ()
     scheme = _SCHEME.match(uri)
@@ -67,7 +70,7 @@ def uri_secrets(uri: object) -> tuple[str, ...]:
     userinfo = rest.rpartition("@")[0]
     user, _, password = userinfo.partition(":")
     before, _, fragment = rest.partition("#")
-    found = {userinfo, user, password, fragment}
+    found = {userinfo, user, password, fragment, *re.split(r"[:/?#@]", userinfo)}
     for name, _, value in (part.partition("=") for part in before.partition("?")[2].split("&")):
         if _SECRET_NAME.search(urllib.parse.unquote_plus(name)):
             found.add(value)

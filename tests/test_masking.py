@@ -133,6 +133,11 @@ SCRUBBED = [
     pytest.param("redis://h/0?password=p@hunter2", "p@hunter2", "hunter2", id="at-in-query"),
     pytest.param("redis://h/0#hunter2", "fragment hunter2", "hunter2", id="fragment"),
     pytest.param("u:hunter2@h", "u:hunter2@h is not a URI", "hunter2", id="no-scheme"),
+    pytest.param("redis://u:hunter?2@h", "port 'hunter'", "hunter", id="question-mark-cut"),
+    pytest.param("redis://u:hunter/2@h", "port 'hunter'", "hunter", id="slash-cut"),
+    pytest.param("redis://u:hunter#2@h", "port 'hunter'", "hunter", id="hash-cut"),
+    pytest.param("redis://:hunter2?x@h", "port 'hunter2'", "hunter2", id="cut-after-password"),
+    pytest.param("redis://hunter?2@h", "connecting to hunter:6379", "hunter", id="host-cut"),
 ]
 
 

@@ -668,6 +668,26 @@ def test_error_messages_never_show_the_password(uri: str) -> None:
     assert "hun%74er2" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("redis://user:hunter?2@127.0.0.1:6379", id="question-mark"),
+        pytest.param("redis://user:hunter/2@127.0.0.1:6379", id="slash"),
+        pytest.param("redis://user:hunter#2@127.0.0.1:6379", id="hash"),
+        pytest.param("rediss://:hunter?2@127.0.0.1:6379/0", id="tls"),
+        pytest.param("redis://:hunter?x@127.0.0.1:6379", id="cut-after-the-password"),
+        pytest.param("redis+sentinel://u:hunter?2@127.0.0.1:1,127.0.0.2:2/m", id="sentinel"),
+    ],
+)
+def test_a_password_cut_by_an_unescaped_delimiter_never_shows(uri: str) -> None:
+    """A URL parser ends the host at the first ``/``, ``?`` or ``#``, so from such a password
+    the Redis client reports a piece as the port; the message says the URI cannot be used,
+    without the piece."""
+    with pytest.raises(ValueError, match="cannot be used") as error:
+        AttemptBudget(storage_uri=uri)
+    assert "hunter" not in str(error.value)
+
+
 @pytest.mark.parametrize("namespace", ["", None])
 def test_namespace_must_be_given(namespace: object) -> None:
     with pytest.raises(ValueError, match="namespace"):
