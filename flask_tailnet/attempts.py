@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .peer import Peer, logged_in
-from .ratelimit import AttemptBudget, exempt
+from .ratelimit import AttemptBudget, budget_key, exempt
 
 
 def secret_matches(presented: bytes, secret: bytes | None) -> bool:
@@ -117,7 +117,7 @@ class Attempts:
         client = anonymous.address
         limited = not exempt(client)
         if limited:
-            spent = self.budget.spend(client or "unknown")
+            spent = self.budget.spend(budget_key(client))
             if not spent.allowed:
                 return Limited(spent.retry_after)
         peer = verify()
@@ -129,7 +129,7 @@ class Attempts:
             return None
         self._failing.discard(failing)
         if limited:
-            self.budget.refund(client or "unknown")
+            self.budget.refund(budget_key(client))
         marker = None if in_force is None else in_force(peer)
         if marker is not None:
             if len(self._known) >= _KNOWN_LIMIT:

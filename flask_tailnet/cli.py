@@ -24,6 +24,7 @@ from werkzeug.security import generate_password_hash
 from .binds import BindRefused, binds_from_env
 from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
+from .masking import mask_uri
 from .pamauth import pam_status
 from .passwords import _MAX_PRESENTED
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
@@ -231,26 +232,6 @@ def _mode_and_owner(path: Path) -> str:
         owner = str(st.st_uid)
     kind = "symbolic link, " if stat.S_ISLNK(st.st_mode) else ""
     return f"{kind}mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
-
-
-def mask_uri(uri: str) -> str:
-    """``uri`` with its userinfo replaced by ``***`` and the value of every query parameter and
-    the fragment too, so that a password shows however it is written (``user:pw@``, ``:pw@``,
-    ``?password=pw``). Anything that is not ``scheme://...`` is masked whole."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return "***"
-    # The last "@", not the first: a password may hold an unescaped "@" (or "/", "?", "#").
-    at = rest.rfind("@")
-    if at >= 0:
-        rest = "***@" + rest[at + 1 :]
-    rest, hashmark, _ = rest.partition("#")
-    rest, question, query = rest.partition("?")
-    masked = "&".join(
-        f"{name}=***" if equals else "***"
-        for name, equals, _ in (part.partition("=") for part in query.split("&"))
-    )
-    return f"{scheme}://{rest}{question}{masked if question else ''}{'#***' if hashmark else ''}"
 
 
 @tailnet.command("url")

@@ -37,7 +37,7 @@ from .passwords import PASSWORD_FILE, PasswordSource
 from .peer import NOBODY, Peer
 from .ratelimit import AttemptBudget
 from .redaction import redact_logger
-from .secretfile import SecretFile, UnsafeSecretFile, ensure_private_dir
+from .secretfile import MIN_SECRET_LENGTH, SecretFile, UnsafeSecretFile, ensure_private_dir
 from .sessions import SessionCodec
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class TailnetGuard:
 def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
     """Everything one app's guard needs, from validated settings. Raises
     :class:`~flask_tailnet.ConfigurationError` when a chosen method cannot work here."""
-    token_file = SecretFile(conf.state_dir, TOKEN_FILE)
+    token_file = SecretFile(conf.state_dir, TOKEN_FILE, min_length=MIN_SECRET_LENGTH)
     problem = pam_problem(conf.pam_service)
     pam = None
     if problem is None and conf.auth in ("auto", "pam"):
@@ -170,7 +170,8 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
         raise settings_module.ConfigurationError(str(exc)) from None
     attempts = Attempts(budget)
     credentials = LoginCredentials(conf.auth, token_file, passwords, pam, problem)
-    sessions = SessionCodec(SecretFile(conf.state_dir, SESSION_KEY_FILE), conf.session_lifetime)
+    key_file = SecretFile(conf.state_dir, SESSION_KEY_FILE, min_length=MIN_SECRET_LENGTH)
+    sessions = SessionCodec(key_file, conf.session_lifetime)
     return GuardState(
         settings=conf,
         gate=Gate(

@@ -274,6 +274,25 @@ def test_several_guarded_apps_are_all_prepared(tmp_path: Path) -> None:
     assert server.flask_tailnet.token == (tmp_path / "a" / "token").read_bytes().strip()
 
 
+@pytest.mark.parametrize("name", ["token", "session_key"])
+def test_the_master_refuses_a_short_secret_file(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / name).write_bytes(b"a" * 42 + b"\n")
+    (state_dir / name).chmod(0o600)
+    server = arbiter(make_app(state_dir), ["127.0.0.1:9001"])
+    with pytest.raises(SystemExit) as exited:
+        tg.on_starting(server)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(PREFIX)
+    assert f"{state_dir / name} is shorter than 43 bytes" in err
+    assert "a" * 42 not in err
+    assert (state_dir / name).read_bytes() == b"a" * 42 + b"\n", "never replaced silently"
+
+
 # ---- on_starting: refused ----------------------------------------------------------------------
 
 
