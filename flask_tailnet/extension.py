@@ -18,7 +18,7 @@ from flask import Flask, redirect, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
-from . import login
+from . import devserver, login
 from . import settings as settings_module
 from .addresses import Policy
 from .attempts import Attempts, Limited
@@ -114,9 +114,14 @@ class TailnetGuard:
 
     def init_app(self, app: Flask) -> None:
         """Validate the settings and install the guard. Calling it again for the same app does
-        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting."""
+        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting, and when
+        ``flask run`` would start werkzeug's debugger on an address other than loopback (it
+        answers before the guard; see :mod:`flask_tailnet.devserver`)."""
         if EXTENSION_KEY in app.extensions:
             return
+        problem = devserver.flask_run_problem()
+        if problem is not None:
+            raise devserver.DebuggerRefused(problem)
         config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
         config.update(self._overrides)
         conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
