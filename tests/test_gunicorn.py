@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from flask import Flask
@@ -32,6 +32,8 @@ from flask_tailnet.machine import interface_addresses
 
 from .conftest import make_app
 from .gunicorn_helpers import (
+    CONFIG,
+    EXAMPLE_APP,
     Gunicorn,
     accepts,
     addresses_on_lo,
@@ -393,6 +395,86 @@ ACCESS_FORMAT = " ".join(
 )
 
 
+SERVE = [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", "serve"]
+GUNICORN_HINT = "flask --app 'example_app:create_app()' tailnet url --port {port}"
+SERVE_HINT = "flask --app example_app tailnet url --port {port}"
+
+
+@pytest.mark.parametrize(
+    ("stderr", "command", "extra", "printed"),
+    [
+        # Standard error is where a log keeps it: never the token, a hint instead.
+        pytest.param(
+            "file", None, ["--capture-output", "--error-logfile", "{log}"], False,
+            id="capture-output-error-logfile",
+        ),
+        pytest.param(
+            "pty", None, ["--capture-output", "--error-logfile", "{log}"], False,
+            id="capture-output-from-a-terminal-still-to-the-file",
+        ),
+        pytest.param("pipe", None, ["--error-logfile", "{log}"], False, id="stderr-a-pipe"),
+        pytest.param("file", None, [], False, id="stderr-a-file-as-under-nohup"),
+        pytest.param("pipe", SERVE, [], False, id="serve-stderr-a-pipe-as-journal-or-container"),
+        pytest.param(
+            "file", SERVE, ["--capture-output", "--error-logfile", "{log}"], False,
+            id="serve-capture-output-error-logfile",
+        ),
+        # A terminal: printed, once per URL, and still never in the error log file.
+        pytest.param("pty", None, ["--error-logfile", "{log}"], True, id="stderr-a-terminal"),
+        pytest.param("pty", SERVE, [], True, id="serve-stderr-a-terminal"),
+    ],
+)  # fmt: skip
+def test_login_links_are_printed_to_a_terminal_only(
+    stderr: Literal["file", "pipe", "pty"],
+    command: list[str] | None,
+    extra: list[str],
+    printed: bool,
+    tmp_path: Path,
+) -> None:
+    port = free_port("127.0.0.1")
+    state_dir = tmp_path / "state"
+    error_log = tmp_path / "error.log"
+    args = ["-b", f"127.0.0.1:{port}", "-w", "1", "--no-control-socket"]
+    args += [arg.format(log=error_log) for arg in extra]
+    server = start_gunicorn(
+        [*args, *([] if command else [*CONFIG, EXAMPLE_APP])],
+        env=gunicorn_env(state_dir),
+        stderr_path=tmp_path / "stderr.log",
+        command=command,
+        stderr=stderr,
+    )
+    try:
+        # gunicorn's own lines may go to the error log: wait for an answer, not for them.
+        deadline = time.monotonic() + 60
+        while not accepts("127.0.0.1", port, 0.5) or _status(port) != 200:
+            assert server.proc.poll() is None, server.stderr()
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        token = _token(state_dir)
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    seen = server.stderr() + (error_log.read_text() if error_log.exists() else "")
+    link = f"http://127.0.0.1:{port}/?token={token}"
+    hint = (SERVE_HINT if command else GUNICORN_HINT).format(port=port)
+    if printed:
+        assert server.stderr().count(link) == 1, seen
+        assert hint not in seen
+    else:
+        assert token not in seen, seen
+        assert seen.count(hint) == 1, seen
+        assert "not a terminal" in seen
+    if error_log.exists():
+        assert token not in error_log.read_text()
+
+
+def _status(port: int) -> int | None:
+    try:
+        return request("127.0.0.1", port, "/healthz", timeout=5).status
+    except OSError:
+        return None
+
+
 @pytest.mark.parametrize(
     "log_format", [pytest.param(None, id="default-format"), pytest.param(ACCESS_FORMAT, id="all")]
 )
@@ -446,8 +528,8 @@ def test_access_log_never_holds_a_secret(log_format: str | None, tmp_path: Path)
         assert f"auth={R}" in logged
         assert f"cookie={R}" in logged
         assert f"setcookie={R}" in logged
-    # The error log (gunicorn's stderr) holds the token only in the one login URL line.
-    assert stderr.count(token) == 1, stderr
+    # The error log (gunicorn's stderr, a file) never holds the token: not even the login links.
+    assert token not in stderr, stderr
     assert "Invalid request from ip=127.0.0.1" in stderr
 
 
@@ -471,6 +553,7 @@ def test_login_url_printed_once_on_stderr_not_in_access_log(tmp_path: Path) -> N
         stderr_path=tmp_path / "gunicorn.log",
         workers=2,
         extra=["--access-logfile", str(access_log)],
+        stderr="pty",  # a terminal: the only place the links are printed
     ) as server:
         token = _token(state_dir)
         assert request("127.0.0.1", port, "/healthz").status == 200
