@@ -176,20 +176,22 @@ def start_gunicorn(
     binds: Sequence[tuple[str, int]] = (),
     command: Sequence[str] | None = None,
     stderr: StderrKind = "file",
+    pass_fds: Sequence[int] = (),
 ) -> Gunicorn:
     """Start ``gunicorn ARGS`` (or ``command ARGS``) in its own session from the repository root,
     stderr (and stdout) to ``stderr_path``: directly (``"file"``), or copied there by a thread
-    from a pipe or from the terminal side of a pty, which the server then sees as its stderr. The
-    caller must stop it: prefer :func:`running`."""
+    from a pipe or from the terminal side of a pty, which the server then sees as its stderr.
+    ``pass_fds`` stay open, with their numbers, in the server. The caller must stop it: prefer
+    :func:`running`."""
     if shutil.which("ip") is None and any(":" in host for host, _ in binds):
         pytest.skip("the `ip` command (iproute2) is not installed")
     if stderr == "file":
         with stderr_path.open("wb") as log:
-            proc = _popen(args, env=env, command=command, output=log.fileno())
+            proc = _popen(args, env=env, command=command, output=log.fileno(), pass_fds=pass_fds)
         return Gunicorn(proc, stderr_path, list(binds))
     read, write = pty.openpty() if stderr == "pty" else os.pipe()
     try:
-        proc = _popen(args, env=env, command=command, output=write)
+        proc = _popen(args, env=env, command=command, output=write, pass_fds=pass_fds)
     except BaseException:
         os.close(read)
         raise
@@ -201,7 +203,12 @@ def start_gunicorn(
 
 
 def _popen(
-    args: Sequence[str], *, env: dict[str, str], command: Sequence[str] | None, output: int
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    command: Sequence[str] | None,
+    output: int,
+    pass_fds: Sequence[int],
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*(GUNICORN if command is None else command), *args],
@@ -211,6 +218,7 @@ def _popen(
         stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
 
 

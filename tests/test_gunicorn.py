@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ from .gunicorn_helpers import (
     request,
     running,
     start_gunicorn,
+    wait_until_serving,
 )
 
 SERVER_V4, CLIENT_V4 = "100.64.0.40", "100.64.0.41"
@@ -347,6 +349,71 @@ def test_an_address_neither_loopback_nor_tailnet_is_refused(tmp_path: Path) -> N
     with addresses_on_lo([f"{OTHER_V4}/32"]):
         port = free_port(OTHER_V4)
         _assert_refused(f"{OTHER_V4}:{port}", (OTHER_V4, port), tmp_path, connect=True)
+
+
+#: A LAN address added to lo for the inherited-socket test: refused under TAILNET_NETWORK="tailnet".
+LAN_V4 = "192.168.103.7"
+
+
+def _usr2_child(sock: socket.socket, tmp_path: Path, name: str, network: str) -> Gunicorn:
+    """gunicorn started as a master re-executed by SIGUSR2 is: ``GUNICORN_PID`` set and the
+    listening socket ``sock`` inherited through ``GUNICORN_FD``, while ``-b`` names another
+    (accepted) address that it then never binds."""
+    env = gunicorn_env(
+        tmp_path / "state",
+        GUNICORN_PID=str(os.getpid()),
+        GUNICORN_FD=str(sock.fileno()),
+        FLASK_TAILNET_NETWORK=network,
+    )
+    return start_gunicorn(
+        [*tg_args(), "-b", f"127.0.0.1:{free_port()}", "-w", "1", EXAMPLE_APP],
+        env=env,
+        stderr_path=tmp_path / f"{name}.log",
+        pass_fds=[sock.fileno()],
+    )
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        pytest.param(LAN_V4, "tailnet", id="lan-address-under-tailnet"),
+        pytest.param(OTHER_V4, "any", id="documentation-address-under-any"),
+    ],
+)
+def test_a_socket_inherited_through_GUNICORN_FD_is_checked(
+    address: str, network: str, tmp_path: Path
+) -> None:
+    with addresses_on_lo([f"{address}/32"]), socket.socket() as sock:
+        sock.bind((address, 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = _usr2_child(sock, tmp_path, "refused", network)
+        try:
+            assert server.proc.wait(timeout=60) == 1, server.stderr()
+        finally:
+            server.kill()
+        stderr = server.stderr()
+        assert f"refusing to bind 'fd://{sock.fileno()}' (listening on {address})" in stderr
+        assert "Booting worker" not in stderr
+        # The socket still listens (this test holds it), but no one answers on it.
+        with pytest.raises(OSError):
+            request(address, port, "/healthz", timeout=2)
+
+
+def test_a_loopback_socket_inherited_through_GUNICORN_FD_is_served(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = _usr2_child(sock, tmp_path, "accepted", "tailnet")
+        try:
+            server.binds = [("127.0.0.1", port)]
+            wait_until_serving(server, 1)
+            assert request("127.0.0.1", port, "/healthz").status == 200
+            assert f"Listening at: http://127.0.0.1:{port}" in server.stderr()
+        finally:
+            server.kill()
 
 
 def test_this_machines_own_address_is_refused(tmp_path: Path) -> None:
