@@ -351,6 +351,7 @@ def test_an_address_neither_loopback_nor_tailnet_is_refused(tmp_path: Path) -> N
         _assert_refused(f"{OTHER_V4}:{port}", (OTHER_V4, port), tmp_path, connect=True)
 
 
+SERVE = [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", "serve"]
 #: A LAN address added to lo for the inherited-socket test: refused under TAILNET_NETWORK="tailnet".
 LAN_V4 = "192.168.103.7"
 
@@ -416,6 +417,42 @@ def test_a_loopback_socket_inherited_through_GUNICORN_FD_is_served(tmp_path: Pat
             server.kill()
 
 
+@pytest.mark.parametrize(
+    ("how", "command"),
+    [
+        pytest.param("-b", None, id="gunicorn-b"),
+        pytest.param("TAILNET_BIND", None, id="gunicorn-TAILNET_BIND-env"),
+        pytest.param("FLASK_TAILNET_BIND", None, id="gunicorn-app-config-from-env"),
+        pytest.param("-b", SERVE, id="serve-b"),
+    ],
+)
+def test_a_unix_socket_bind_is_refused_at_start(
+    how: str, command: list[str] | None, tmp_path: Path
+) -> None:
+    """A Unix socket peer has no address: every request through it was refused (403), even with
+    the token. The start is refused instead, with the fix, and the socket is never created."""
+    path = tmp_path / "app.sock"
+    spec = f"unix:{path}"
+    args = ["--no-control-socket", "-w", "1", *(["-b", spec] if how == "-b" else [])]
+    env = gunicorn_env(tmp_path / "state", **({} if how == "-b" else {how: spec}))
+    server = start_gunicorn(
+        [*args, *([] if command else [*CONFIG, EXAMPLE_APP])],
+        env=env,
+        stderr_path=tmp_path / "gunicorn.log",
+        command=command,
+    )
+    try:
+        status = server.proc.wait(timeout=60)
+    finally:
+        server.kill()
+    stderr = server.stderr()
+    assert status != 0, stderr
+    assert f"refusing to bind {spec!r}: a Unix socket peer has no address" in stderr
+    assert "list 127.0.0.1 in TAILNET_TRUSTED_PROXIES" in stderr
+    assert "Booting worker" not in stderr
+    assert not path.exists()
+
+
 def test_this_machines_own_address_is_refused(tmp_path: Path) -> None:
     """An address of a real interface (``ip -j addr``), checked without any traffic to it: only
     the LISTEN table is read. Without one, a documentation address added to lo stands in."""
@@ -462,7 +499,6 @@ ACCESS_FORMAT = " ".join(
 )
 
 
-SERVE = [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", "serve"]
 GUNICORN_HINT = "flask --app 'example_app:create_app()' tailnet url --port {port}"
 SERVE_HINT = "flask --app example_app tailnet url --port {port}"
 
