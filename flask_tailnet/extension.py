@@ -116,7 +116,8 @@ class TailnetGuard:
         """Validate the settings and install the guard. Calling it again for the same app does
         nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting, and when
         ``flask run`` would start werkzeug's debugger on an address other than loopback (it
-        answers before the guard; see :mod:`flask_tailnet.devserver`)."""
+        answers before the guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then
+        refuses the same."""
         if EXTENSION_KEY in app.extensions:
             return
         problem = devserver.flask_run_problem()
@@ -135,6 +136,7 @@ class TailnetGuard:
         redact_logger(logging.getLogger("werkzeug"))  # `flask run` logs each request line
         app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
+        devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod
     def exempt(view: F) -> F:

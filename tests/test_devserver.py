@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from flask_tailnet.devserver import debugger_problem
+from flask_tailnet.devserver import DebuggerRefused, debugger_problem
 
-from .conftest import ROOT, addresses_on_lo
+from .conftest import ROOT, addresses_on_lo, make_app
 from .gunicorn_helpers import Reply, free_port, gunicorn_env, request
 
 SERVER_V4, CLIENT_V4 = "100.64.103.1", "100.64.103.2"
@@ -50,6 +50,65 @@ def test_debugger_problem(host: object, debugger: bool, refused: bool) -> None:
     if problem is not None:
         assert problem.startswith(REFUSAL)
         assert "--no-debugger" in problem
+
+
+@pytest.mark.parametrize(
+    ("host", "debug", "options", "app_debug", "env", "server_name", "refused"),
+    [
+        pytest.param(SERVER_V4, True, {}, False, None, None, True, id="debug-true"),
+        pytest.param("0.0.0.0", True, {}, False, None, None, True, id="wildcard-debug"),
+        pytest.param(SERVER_V4, None, {}, True, None, None, True, id="app-debug"),
+        pytest.param(SERVER_V4, None, {}, False, "1", None, True, id="FLASK_DEBUG"),
+        pytest.param(SERVER_V4, False, {"use_debugger": True}, False, None, None, True,
+                     id="use_debugger-wins-over-debug-false"),
+        pytest.param(None, True, {}, False, None, f"{SERVER_V4}:5000", True,
+                     id="host-from-SERVER_NAME"),
+        pytest.param(None, True, {}, False, None, None, False, id="default-host-is-loopback"),
+        pytest.param("127.0.0.1", True, {}, False, None, None, False, id="loopback"),
+        pytest.param(SERVER_V4, True, {"use_debugger": False}, False, None, None, False,
+                     id="use_debugger-false"),
+        pytest.param(SERVER_V4, None, {}, True, "0", None, False, id="FLASK_DEBUG-0-wins"),
+        pytest.param(SERVER_V4, False, {}, True, None, None, False, id="debug-false"),
+    ],
+)  # fmt: skip
+def test_app_run_is_judged_as_flask_run_resolves_it(
+    host: str | None,
+    debug: bool | None,
+    options: dict[str, object],
+    app_debug: bool,
+    env: str | None,
+    server_name: str | None,
+    refused: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FLASK_RUN_FROM_CLI", raising=False)
+    if env is None:
+        monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("FLASK_DEBUG", env)
+    monkeypatch.chdir(tmp_path)  # no .env around
+    app = make_app(tmp_path / "state")
+    app.config["SERVER_NAME"] = server_name
+    app.debug = app_debug
+    started: list[object] = []
+    monkeypatch.setattr("werkzeug.serving.run_simple", lambda *a, **k: started.append(a))
+    if refused:
+        with pytest.raises(DebuggerRefused, match=REFUSAL):
+            app.run(host, 5000, debug, False, **options)
+        assert started == []
+    else:
+        app.run(host, 5000, debug, False, **options)
+        assert len(started) == 1
+
+
+def test_app_run_is_left_to_flask_under_the_flask_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``flask run`` Flask ignores ``app.run()``; the command's own check applies."""
+    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
+    app = make_app(tmp_path / "state")
+    app.run(SERVER_V4, 5000, True, False)  # returns at once: Flask ignores it
 
 
 def _flask_run(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -147,6 +206,41 @@ def test_flask_run_debug_without_the_debugger_is_guarded(tmp_path: Path) -> None
         finally:
             _stop(proc)
         assert REFUSAL not in log.read_text()
+
+
+@pytest.mark.root
+def test_app_run_debug_on_a_tailnet_address_refuses_to_start(tmp_path: Path) -> None:
+    with addresses_on_lo([f"{SERVER_V4}/32", f"{CLIENT_V4}/32"]):
+        port = free_port(SERVER_V4)
+        script = (
+            "from example_app import create_app\n"
+            f"create_app().run(host={SERVER_V4!r}, port={port}, debug=True)\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=gunicorn_env(tmp_path / "state"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _accepts(SERVER_V4, port):
+                    answers = _debugger_answers(port)
+                    pytest.fail(
+                        f"the debugger serves a tailnet peer: {[a.status for a in answers]}"
+                    )
+                time.sleep(0.1)
+            assert proc.poll() == 1
+        finally:
+            _stop(proc)
+        assert proc.stdout is not None
+        with proc.stdout:
+            output = proc.stdout.read().decode()
+        assert f"DebuggerRefused: {REFUSAL} '{SERVER_V4}'" in output
 
 
 def test_flask_run_debug_on_loopback_still_starts(tmp_path: Path) -> None:
