@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -251,8 +252,10 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
         # Neither -b nor TAILNET_BIND: the app's own TAILNET_BIND replaces the default.
         server.cfg.set("bind", list(next(b for b in app_binds if b)))
     specs = list(server.cfg.bind)
+    # With reuse_port each worker binds the `bind` setting itself, and no inherited socket is used.
+    inherited = [] if _workers_bind(server.cfg) else _inherited_fds()
     passed = [
-        *(f"fd://{fd}" for fd in _inherited_fds()),
+        *(f"fd://{fd}" for fd in inherited),
         *(s for s in specs if s.startswith("fd://")),
     ]
     if passed:  # gunicorn then serves the passed sockets only, and binds none of the addresses
@@ -266,6 +269,12 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
             sockname=binds_module.fd_sockname,
         )
     return checked
+
+
+def _workers_bind(cfg: Any) -> bool:
+    """Whether each worker binds the ``bind`` setting itself (``reuse_port``, where the system has
+    ``SO_REUSEPORT``), as gunicorn decides it: the master then serves no inherited socket."""
+    return bool(getattr(cfg, "reuse_port", False)) and hasattr(socket, "SO_REUSEPORT")
 
 
 def prepare(state: GuardState) -> bytes:

@@ -758,6 +758,17 @@ def test_an_inherited_unix_socket_is_refused(
         assert f"fd://{fds[0]}" not in err
 
 
+def test_with_reuse_port_the_bind_setting_is_checked_not_the_inherited_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``--reuse-port`` each worker binds ``-b`` itself and ignores inherited sockets."""
+    with inherited(monkeypatch, _tcp("127.0.0.1", listen=True)):
+        server = arbiter(make_app(tmp_path / "state"), ["0.0.0.0:9001"], reuse_port=True)
+        with pytest.raises(SystemExit):
+            tg.on_starting(server)
+        assert "refusing to bind '0.0.0.0:9001': the wildcard" in capsys.readouterr().err
+
+
 def test_an_inherited_wildcard_socket_is_refused_unless_allowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
