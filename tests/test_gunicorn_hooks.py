@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib.util
+import io
 import logging
 import os
+import pty
 import signal
 import socket
 import stat
@@ -56,6 +58,8 @@ from .gunicorn_helpers import (
 )
 
 PREFIX = "flask-tailnet: refusing to serve: "
+#: The module's own check, which the ``clean`` fixture replaces by a stand-in.
+REAL_STDERR_IS_A_TERMINAL = tg.stderr_is_a_terminal
 TAILNET_V4 = "100.64.0.42"
 #: TEST-NET-2, added to lo for the refused inherited socket: neither loopback, tailnet nor LAN.
 OTHER_V4 = "198.51.100.46"
@@ -830,6 +834,79 @@ def test_when_ready_prints_the_login_urls_once_to_stderr(
         f"    http://[fd7a:115c:a1e0::42]:9031/?token={token}",
     ]
     assert token not in server.log.text()
+
+
+@pytest.mark.parametrize(
+    ("app_uri", "shown"),
+    [
+        pytest.param("myapp:create_app()", "flask --app 'myapp:create_app()'", id="quoted"),
+        pytest.param("x; rm -rf ~", "flask --app 'x; rm -rf ~'", id="shell-quoted"),
+        pytest.param(None, "flask --app <your app>", id="unknown-app"),
+    ],
+)
+def test_when_ready_off_a_terminal_prints_how_to_get_the_links_not_the_token(
+    app_uri: str | None,
+    shown: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(tg, "stderr_is_a_terminal", lambda: False)
+    server = arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9033", "[::1]:9034"])
+    server.app.app_uri = app_uri
+    tg.on_starting(server)
+    tg.when_ready(server)
+    out, err = capsys.readouterr()
+    token = (tmp_path / "state" / "token").read_text().strip()
+    assert out == ""
+    assert token not in err
+    assert "standard error is not a terminal" in err
+    assert err.rstrip().endswith(f"{shown} tailnet url --port 9033")
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        pytest.param(None, False, id="no-stderr"),
+        pytest.param("captured", False, id="a-stream-without-a-descriptor"),
+        pytest.param("pipe", False, id="a-pipe"),
+        pytest.param("file", False, id="a-file"),
+    ],
+)
+def test_stderr_is_a_terminal_only_for_a_terminal(
+    stream: str | None, expected: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if stream is None:
+        monkeypatch.setattr(sys, "stderr", None)
+    elif stream == "captured":
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+    elif stream == "pipe":
+        read, write = os.pipe()
+        monkeypatch.setattr(sys, "stderr", os.fdopen(write, "w"))
+        os.close(read)
+    else:
+        monkeypatch.setattr(sys, "stderr", (tmp_path / "f").open("w"))
+    try:
+        assert REAL_STDERR_IS_A_TERMINAL() is expected
+    finally:
+        if stream in ("pipe", "file"):
+            sys.stderr.close()
+
+
+def test_a_pty_on_sys_stderr_alone_is_not_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sys.stderr`` on a terminal while file descriptor 2 (where ``--capture-output`` points
+    gunicorn's error log) is not: no links."""
+    main, terminal = pty.openpty()
+    try:
+        with os.fdopen(terminal, "w", closefd=False) as stream:
+            monkeypatch.setattr(sys, "stderr", stream)
+            monkeypatch.setattr(os, "isatty", lambda fd: fd == terminal)
+            assert REAL_STDERR_IS_A_TERMINAL() is False
+            monkeypatch.setattr(os, "isatty", lambda fd: fd in (2, terminal))
+            assert REAL_STDERR_IS_A_TERMINAL() is True
+    finally:
+        os.close(main)
+        os.close(terminal)
 
 
 @pytest.mark.parametrize(
