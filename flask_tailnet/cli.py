@@ -281,4 +281,4 @@ def serve_command(info: ScriptInfo, gunicorn_args: tuple[str, ...]) -> None:
         raise click.ClickException(
             "gunicorn is not installed: pip install 'flask-tailnet[gunicorn]'"
         ) from None
-    serve(info.load_app(), gunicorn_args)
+    serve(info.load_app(), gunicorn_args, info.app_import_path)

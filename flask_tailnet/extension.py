@@ -18,7 +18,7 @@ from flask import Flask, redirect, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
-from . import login
+from . import devserver, login
 from . import settings as settings_module
 from .addresses import Policy
 from .attempts import Attempts, Limited
@@ -114,9 +114,15 @@ class TailnetGuard:
 
     def init_app(self, app: Flask) -> None:
         """Validate the settings and install the guard. Calling it again for the same app does
-        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting."""
+        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting, and when
+        ``flask run`` would start werkzeug's debugger on an address other than loopback (it
+        answers before the guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then
+        refuses the same."""
         if EXTENSION_KEY in app.extensions:
             return
+        problem = devserver.flask_run_problem()
+        if problem is not None:
+            raise devserver.DebuggerRefused(problem)
         config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
         config.update(self._overrides)
         conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
@@ -130,6 +136,7 @@ class TailnetGuard:
         redact_logger(logging.getLogger("werkzeug"))  # `flask run` logs each request line
         app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
+        devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod
     def exempt(view: F) -> F:

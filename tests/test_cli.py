@@ -467,7 +467,7 @@ def test_status_shows_the_settings(state_dir: Path) -> None:
         cookie_name="s",
         session_lifetime=3600,
         login_prefix="/auth",
-        bind=["100.64.0.1:8000", "unix:/run/app.sock"],
+        bind=["100.64.0.1:8000", "[fd7a:115c:a1e0::1]:8000"],
         allow_wildcard_bind=True,
     )
     result = app.test_cli_runner().invoke(tailnet, ["status"])
@@ -482,7 +482,7 @@ def test_status_shows_the_settings(state_dir: Path) -> None:
         "limit storage:    memory:// (counts per process)",
         "sessions:         cookie s, 3600 s",
         "login page:       /auth/login",
-        "gunicorn binds:   100.64.0.1:8000, unix:/run/app.sock, wildcard allowed",
+        "gunicorn binds:   100.64.0.1:8000, [fd7a:115c:a1e0::1]:8000, wildcard allowed",
     ]
 
 
