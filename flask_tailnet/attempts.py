@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .caches import BoundedCache
 from .peer import Peer, logged_in
-from .ratelimit import AttemptBudget, exempt
+from .ratelimit import AttemptBudget, budget_key, exempt
 
 
 def secret_matches(presented: bytes, secret: bytes | None) -> bool:
@@ -125,7 +125,7 @@ class Attempts:
         client = anonymous.address
         limited = not exempt(client)
         if limited:
-            spent = self.budget.spend(client or "unknown")
+            spent = self.budget.spend(budget_key(client))
             if not spent.allowed:
                 return Limited(spent.retry_after)
         peer = verify()
@@ -135,7 +135,7 @@ class Attempts:
             return None
         self._failing_cache.forget(failing)
         if limited:
-            self.budget.refund(client or "unknown")
+            self.budget.refund(budget_key(client))
         marker = None if in_force is None else in_force(peer)
         if marker is not None:
             slot = (anonymous.address, anonymous.via_proxy, digest)

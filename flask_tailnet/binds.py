@@ -14,7 +14,10 @@ never on the text, so every spelling of an address gets the same answer:
   it never puts the app on a public interface by itself;
 - host names other than ``localhost`` are refused: a name can resolve to anything, and
   gunicorn reads ``0``, ``127.1`` or ``0x7f.1`` as names that resolve to addresses;
-- Unix sockets are allowed (reachable only through the file system);
+- Unix sockets are refused (``unix:PATH``, and an ``fd://N`` or inherited socket that is one): a
+  Unix socket peer has no address, so the guard could neither tell who sent a request nor believe
+  the proxy in front of it, and would refuse every request (403). Bind 127.0.0.1 behind the proxy
+  and list 127.0.0.1 in ``TAILNET_TRUSTED_PROXIES`` instead;
 - ``fd://N`` is judged by the address of the socket it names.
 
 Spellings gunicorn would misread are refused too (an IPv6 address without brackets, a second
@@ -53,6 +56,11 @@ _WILDCARD_FIX = (
     "bind a tailnet address (tailscale ip -4) or 127.0.0.1, or set "
     f"{ALLOW_WILDCARD_BIND}=true if a container publishes the port on a tailnet address only"
 )
+_UNIX_FIX = (
+    "a Unix socket peer has no address, so flask-tailnet can neither tell who sent a request nor "
+    "believe a proxy's X-Forwarded-For from it, and would refuse every request (403); bind "
+    "127.0.0.1:PORT behind the proxy and list 127.0.0.1 in TAILNET_TRUSTED_PROXIES"
+)
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
 _DIGITS = re.compile(r"[0-9]{1,5}")
 _MAX_SPEC = 4096
@@ -83,7 +91,8 @@ class Bind:
 
 def parse_bind(spec: str) -> Bind:
     """Parse ``spec`` as gunicorn does; raise :class:`BindRefused` for anything gunicorn would
-    refuse or read differently than it looks. Host names parse (``check_bind`` judges them)."""
+    refuse or read differently than it looks. Host names and Unix sockets parse (``check_bind``
+    judges them)."""
     if not isinstance(spec, str):
         raise BindRefused(f"a bind must be text such as 127.0.0.1:8000, not {spec!r}")
     if len(spec) > _MAX_SPEC or "\x00" in spec:
@@ -184,14 +193,15 @@ def check_bind(
     """``spec`` parsed, if the server may listen there; else :class:`BindRefused` saying why and
     what to do. ``network`` is the ``TAILNET_NETWORK`` policy.
 
-    An ``fd://N`` spec is judged by ``sockname(N)`` (the socket's ``getsockname()``, see
-    :func:`fd_sockname`); without ``sockname`` it is refused, as it cannot be checked.
+    A Unix socket is refused (see :func:`unix_problem`). An ``fd://N`` spec is judged by
+    ``sockname(N)`` (the socket's ``getsockname()``, see :func:`fd_sockname`); without
+    ``sockname`` it is refused, as it cannot be checked.
     """
     if network not in ("tailnet", "local", "any"):
         raise ValueError(f"unknown network policy {network!r}")
     bind = parse_bind(spec)
     if bind.kind == "unix":
-        return bind
+        raise BindRefused(unix_problem(spec))
     if bind.fd is not None:
         _check_fd(spec, bind.fd, network=network, allow_wildcard=allow_wildcard, sockname=sockname)
         return bind
@@ -207,6 +217,16 @@ def check_bind(
     if problem is not None:
         raise BindRefused(f"refusing to bind {_show(spec)}: {problem}")
     return bind
+
+
+def unix_problem(spec: str) -> str:
+    """Why the Unix socket ``spec`` may not be served, with what to do instead.
+
+    A request through a Unix socket has no client address (gunicorn sets ``REMOTE_ADDR`` to an
+    empty string). The guard never counts a missing address as loopback, and believes proxy
+    headers only from a trusted proxy's address, so every such request would be refused.
+    """
+    return f"refusing to bind {_show(spec)}: {_UNIX_FIX}"
 
 
 def address_problem(ip: IPAddress, *, network: str, allow_wildcard: bool) -> str | None:
@@ -260,7 +280,7 @@ def _check_fd(
             f"refusing to bind {_show(spec)}: file descriptor {fd} is not an open socket"
         ) from None
     if isinstance(address, str | bytes):
-        return  # a Unix socket
+        raise BindRefused(f"refusing to bind {_show(spec)} (a Unix socket): {_UNIX_FIX}")
     host = address[0] if isinstance(address, tuple) and address else None
     ip = parse_ip(host) if isinstance(host, str) else None
     if ip is None:

@@ -24,6 +24,8 @@ from werkzeug.security import generate_password_hash
 from .binds import BindRefused, binds_from_env
 from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
+from .masking import mask_uri
+from .pamauth import pam_status
 from .passwords import _MAX_PRESENTED
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
 
@@ -133,7 +135,9 @@ def _say_method(state: GuardState) -> None:
 @tailnet.command("status")
 def status_command() -> None:
     """A readable report of the guard's configuration and state files; exits 1 when a file or
-    the directory is unsafe. Prints no secret."""
+    the directory is unsafe, or when PAM would accept any password for a user of
+    ``TAILNET_PAM_USERS`` (an account without a password under a ``nullok`` stack; the guard
+    refuses it). Prints no secret."""
     state = _state()
     conf = state.settings
     resolution = state.credentials.resolve()
@@ -175,6 +179,10 @@ def status_command() -> None:
         f"login page:       {conf.login_prefix}/login",
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind),
     ]
+    if state.credentials.pam is not None:
+        for line in pam_status(state.credentials.pam):
+            unsafe = unsafe or line.unsafe
+            lines.append(f"{line.label + ':' if line.label else '':<17} {line.text}")
     click.echo("\n".join(lines))
     if unsafe:
         click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
@@ -226,26 +234,6 @@ def _mode_and_owner(path: Path) -> str:
     return f"{kind}mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
 
 
-def mask_uri(uri: str) -> str:
-    """``uri`` with its userinfo replaced by ``***`` and the value of every query parameter and
-    the fragment too, so that a password shows however it is written (``user:pw@``, ``:pw@``,
-    ``?password=pw``). Anything that is not ``scheme://...`` is masked whole."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return "***"
-    # The last "@", not the first: a password may hold an unescaped "@" (or "/", "?", "#").
-    at = rest.rfind("@")
-    if at >= 0:
-        rest = "***@" + rest[at + 1 :]
-    rest, hashmark, _ = rest.partition("#")
-    rest, question, query = rest.partition("?")
-    masked = "&".join(
-        f"{name}=***" if equals else "***"
-        for name, equals, _ in (part.partition("=") for part in query.split("&"))
-    )
-    return f"{scheme}://{rest}{question}{masked if question else ''}{'#***' if hashmark else ''}"
-
-
 @tailnet.command("url")
 @click.option(
     "--port",
@@ -293,4 +281,4 @@ def serve_command(info: ScriptInfo, gunicorn_args: tuple[str, ...]) -> None:
         raise click.ClickException(
             "gunicorn is not installed: pip install 'flask-tailnet[gunicorn]'"
         ) from None
-    serve(info.load_app(), gunicorn_args)
+    serve(info.load_app(), gunicorn_args, info.app_import_path)

@@ -308,7 +308,8 @@ class LoginCredentials:
             return "token", None
         method = self._method(self.passwords.current())
         if method == "pam":
-            if self.pam is not None and username and self.pam.verify(username, secret):
+            # An empty username goes to the verifier too: its refusal takes as long as PAM's.
+            if self.pam is not None and self.pam.verify(username or "", secret):
                 return "pam", username
         elif method == "password" and self.passwords.verify(secret):
             return "password", None

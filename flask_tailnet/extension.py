@@ -18,7 +18,7 @@ from flask import Flask, redirect, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
-from . import login
+from . import devserver, login
 from . import settings as settings_module
 from .addresses import Policy
 from .attempts import Attempts, Limited
@@ -37,7 +37,7 @@ from .passwords import PASSWORD_FILE, PasswordSource
 from .peer import NOBODY, Peer
 from .ratelimit import AttemptBudget
 from .redaction import redact_logger
-from .secretfile import SecretFile, UnsafeSecretFile, ensure_private_dir
+from .secretfile import MIN_SECRET_LENGTH, SecretFile, UnsafeSecretFile, ensure_private_dir
 from .sessions import SessionCodec
 
 if TYPE_CHECKING:
@@ -114,9 +114,15 @@ class TailnetGuard:
 
     def init_app(self, app: Flask) -> None:
         """Validate the settings and install the guard. Calling it again for the same app does
-        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting."""
+        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting, and when
+        ``flask run`` would start werkzeug's debugger on an address other than loopback (it
+        answers before the guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then
+        refuses the same."""
         if EXTENSION_KEY in app.extensions:
             return
+        problem = devserver.flask_run_problem()
+        if problem is not None:
+            raise devserver.DebuggerRefused(problem)
         config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
         config.update(self._overrides)
         conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
@@ -130,6 +136,7 @@ class TailnetGuard:
         redact_logger(logging.getLogger("werkzeug"))  # `flask run` logs each request line
         app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
+        devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod
     def exempt(view: F) -> F:
@@ -142,7 +149,7 @@ class TailnetGuard:
 def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
     """Everything one app's guard needs, from validated settings. Raises
     :class:`~flask_tailnet.ConfigurationError` when a chosen method cannot work here."""
-    token_file = SecretFile(conf.state_dir, TOKEN_FILE)
+    token_file = SecretFile(conf.state_dir, TOKEN_FILE, min_length=MIN_SECRET_LENGTH)
     problem = pam_problem(conf.pam_service)
     pam = None
     if problem is None and conf.auth in ("auto", "pam"):
@@ -170,7 +177,8 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
         raise settings_module.ConfigurationError(str(exc)) from None
     attempts = Attempts(budget)
     credentials = LoginCredentials(conf.auth, token_file, passwords, pam, problem)
-    sessions = SessionCodec(SecretFile(conf.state_dir, SESSION_KEY_FILE), conf.session_lifetime)
+    key_file = SecretFile(conf.state_dir, SESSION_KEY_FILE, min_length=MIN_SECRET_LENGTH)
+    sessions = SessionCodec(key_file, conf.session_lifetime)
     return GuardState(
         settings=conf,
         gate=Gate(

@@ -9,7 +9,7 @@ In the master, before any socket is bound and any worker starts, :func:`on_start
 app once, refuses every bind that :func:`flask_tailnet.binds.check_binds` refuses (the process
 exits 1 without binding anything), and creates the state directory, the token and the session
 key, so that workers never race to create them. :func:`when_ready` then prints the login URLs,
-once, to the terminal (stderr), never through a log.
+once, if standard error is a terminal, never through a log; elsewhere it says how to get them.
 
 The decisions live in :mod:`flask_tailnet.binds`; this module only adapts them to gunicorn.
 """
@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
+import socket
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -67,6 +70,7 @@ DEFAULT_PORT = 8000
 INSTALL_HINT = "pip install 'flask-tailnet[gunicorn]'"
 
 _log = logging.getLogger("flask_tailnet")
+_FD_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -193,15 +197,35 @@ def _default_bind() -> tuple[list[str], bool, str | None]:
 
 
 def _inherited_fds() -> list[int]:
-    """The sockets systemd passes (``LISTEN_FDS``), which gunicorn serves instead of ``bind``.
-    Read without unsetting them: gunicorn reads them itself after the check."""
+    """The sockets gunicorn will serve instead of ``bind``, as its Arbiter picks them: those
+    systemd passes (``LISTEN_FDS`` with ``LISTEN_PID`` naming this process), else, in a master
+    re-executed by ``SIGUSR2`` (``GUNICORN_PID`` set), those listed in ``GUNICORN_FD``.
+
+    Read without unsetting anything: gunicorn reads the variables itself after the check. Raises
+    :class:`BindRefused` for a ``GUNICORN_FD`` that is not a list of descriptor numbers (gunicorn
+    would fail on it, or serve something unchecked).
+    """
     try:
-        if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
-            return []
-        count = int(os.environ.get("LISTEN_FDS", ""))
+        systemd = int(os.environ.get("LISTEN_PID", "")) == os.getpid()
+        count = int(os.environ.get("LISTEN_FDS", "")) if systemd else 0
     except ValueError:
+        count = 0  # gunicorn fails on it before it binds anything
+    if count != 0:  # gunicorn's test: a negative count is systemd's too, and passes no socket
+        return list(range(3, 3 + max(count, 0)))
+    try:
+        parent = int(os.environ.get("GUNICORN_PID", "0"))
+    except ValueError:
+        parent = 0  # gunicorn fails on it before on_starting runs
+    if not parent:
         return []
-    return list(range(3, 3 + max(count, 0)))
+    listed = os.environ.get("GUNICORN_FD", "")
+    numbers = listed.split(",")
+    if not all(_FD_NUMBER.fullmatch(number) for number in numbers):
+        raise BindRefused(
+            f"GUNICORN_FD={listed[:40]!r} is not a list of file descriptor numbers; it is set "
+            "by gunicorn for the master it re-executes on SIGUSR2, not by hand"
+        )
+    return [int(number) for number in numbers]
 
 
 def load_states(server: Any) -> list[GuardState]:
@@ -212,8 +236,9 @@ def load_states(server: Any) -> list[GuardState]:
 
 
 def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
-    """The checked binds of ``server``: its ``bind`` setting and the sockets systemd passes.
-    Raises :class:`BindRefused` naming every refused bind, or when no app uses flask-tailnet."""
+    """The checked binds of ``server``: its ``bind`` setting, or the sockets it inherits (from
+    systemd, or from the master that re-executed it). Raises :class:`BindRefused` naming every
+    refused bind, or when no app uses flask-tailnet."""
     if not states:
         raise BindRefused(
             "the app gunicorn loads does not use flask-tailnet, so nothing would guard it: "
@@ -227,8 +252,10 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
         # Neither -b nor TAILNET_BIND: the app's own TAILNET_BIND replaces the default.
         server.cfg.set("bind", list(next(b for b in app_binds if b)))
     specs = list(server.cfg.bind)
+    # With reuse_port each worker binds the `bind` setting itself, and no inherited socket is used.
+    inherited = [] if _workers_bind(server.cfg) else _inherited_fds()
     passed = [
-        *(f"fd://{fd}" for fd in _inherited_fds()),
+        *(f"fd://{fd}" for fd in inherited),
         *(s for s in specs if s.startswith("fd://")),
     ]
     if passed:  # gunicorn then serves the passed sockets only, and binds none of the addresses
@@ -242,6 +269,12 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
             sockname=binds_module.fd_sockname,
         )
     return checked
+
+
+def _workers_bind(cfg: Any) -> bool:
+    """Whether each worker binds the ``bind`` setting itself (``reuse_port``, where the system has
+    ``SO_REUSEPORT``), as gunicorn decides it: the master then serves no inherited socket."""
+    return bool(getattr(cfg, "reuse_port", False)) and hasattr(socket, "SO_REUSEPORT")
 
 
 def prepare(state: GuardState) -> bytes:
@@ -286,13 +319,6 @@ def on_starting(server: Any) -> None:
             "flask-tailnet: no tailnet address found on this machine (is Tailscale up?); "
             "binding loopback only"
         )
-    for item in checked:
-        if item.kind == "unix":
-            server.log.info(
-                "flask-tailnet: %s is a Unix socket: the proxy in front of it must be listed in "
-                "TAILNET_TRUSTED_PROXIES",
-                item.spec,
-            )
     server.flask_tailnet = Prepared(tuple(_listening(checked)), tokens[0])
     _check_on_reload(server)
 
@@ -318,20 +344,49 @@ def _check_on_reload(server: Any) -> None:
     server.app.reload = checked_reload
 
 
+def stderr_is_a_terminal() -> bool:
+    """Whether the master's standard error is a terminal: file descriptor 2 and ``sys.stderr``
+    both. Anything else (a file, ``--capture-output``'s error log, a pipe, the journal, a
+    container log, ``/dev/null``) may be kept and read later by others."""
+    try:
+        fileno = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # None, or a stream without a descriptor
+        return False
+    return os.isatty(2) and os.isatty(fileno)
+
+
 def when_ready(server: Any) -> None:
-    """gunicorn hook, once the sockets are bound: print the login URLs once, to the terminal."""
+    """gunicorn hook, once the sockets are bound: print the login URLs once, but only to a
+    terminal (see :func:`stderr_is_a_terminal`); anywhere else, where a log could keep the token,
+    print how to get them instead (``flask tailnet url``), never the token."""
     prepared: Prepared | None = getattr(server, "flask_tailnet", None)
     if prepared is None:
         return
     urls = login_urls(prepared.binds, prepared.token, machine_addresses())
-    if urls:
-        print(
+    if not urls:
+        return
+    if stderr_is_a_terminal():
+        message = (
             "flask-tailnet: to log in from another tailnet device, open one of these "
             "(anyone with the link is logged in: share it with care):\n"
-            + "\n".join(f"    {url}" for url in urls),
-            file=sys.stderr,
-            flush=True,
+            + "\n".join(f"    {url}" for url in urls)
         )
+    else:
+        message = (
+            "flask-tailnet: standard error is not a terminal, so the login links (which hold the "
+            "token) are not printed where a log could keep them; to get them, run as this "
+            f"server's user: {url_command(server, prepared.binds)}"
+        )
+    print(message, file=sys.stderr, flush=True)
+
+
+def url_command(server: Any, checked: Iterable[Bind]) -> str:
+    """The ``flask tailnet url`` command line that prints the login links of ``server``."""
+    app_uri = getattr(server.app, "app_uri", None)
+    app = shlex.quote(app_uri) if isinstance(app_uri, str) and app_uri else "<your app>"
+    ports = [item.port for item in checked if item.kind == "tcp" and item.port]
+    port = f" --port {ports[0]}" if ports else ""
+    return f"flask --app {app} tailnet url{port}"
 
 
 def on_reload(server: Any) -> None:
@@ -352,9 +407,11 @@ class FlaskApplication(Application):  # type: ignore[misc]
     ``-c`` config file, ``GUNICORN_CMD_ARGS`` and ``argv``, as ``gunicorn`` would apply them.
     The bind check and the state preparation run even when a config file sets its own hooks."""
 
-    def __init__(self, app: Flask, argv: Sequence[str]) -> None:
+    def __init__(self, app: Flask, argv: Sequence[str], app_uri: str | None = None) -> None:
         self.flask_app = app
         self.argv = list(argv)
+        #: What ``flask --app`` was given, for the ``flask tailnet url`` hint (as gunicorn's own).
+        self.app_uri = app_uri
         super().__init__("flask tailnet serve [GUNICORN OPTIONS]", prog="flask tailnet serve")
 
     def init(self, parser: Any, opts: Any, args: Any) -> None:
@@ -394,9 +451,10 @@ def _both(first: Any, then: Any) -> Any:
     return hook
 
 
-def serve(app: Flask, argv: Sequence[str]) -> None:
-    """Run ``app`` under gunicorn with this module's settings; ``argv`` are gunicorn options."""
-    FlaskApplication(app, argv).run()
+def serve(app: Flask, argv: Sequence[str], app_uri: str | None = None) -> None:
+    """Run ``app`` under gunicorn with this module's settings; ``argv`` are gunicorn options;
+    ``app_uri`` is what ``flask --app`` was given, if anything."""
+    FlaskApplication(app, argv, app_uri).run()
 
 
 # ---- gunicorn settings ----------------------------------------------------------------------

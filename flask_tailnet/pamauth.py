@@ -1,9 +1,11 @@
 """PAM: a username and the system password, checked by the host's own PAM stack.
 
-Only the users the verifier was built with may log in; PAM is never asked about anyone else, so a
-refused name costs nothing and holds no worker through PAM's failure delay. Each check opens a
-fresh python-pam handle and leaves credentials alone (``resetcreds=False``). Failures are logged
-with PAM's code and reason, never with the password.
+Only the users the verifier was built with may log in, and only with an account that has a
+password: PAM is never asked about anyone else, nor about an account without a password (which
+a ``nullok`` stack would let in with any password; see :mod:`flask_tailnet.accounts`). Such a
+refusal lasts as long as a PAM failure (:mod:`flask_tailnet.faildelay`), so its timing does not
+tell who may log in. Each check opens a fresh python-pam handle and leaves credentials alone
+(``resetcreds=False``). Failures are logged with PAM's code and reason, never with the password.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import logging
 import os
 import pwd
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .accounts import Account, PasswordState, password_account
+from .faildelay import FailureDelay
+from .pamstack import StackReport, read_stack
 
 log = logging.getLogger("flask_tailnet")
 
@@ -99,32 +107,29 @@ class PamVerifier:
                 raise ValueError(f"PAM user {name!r} is not a user name")
         self.service = service
         self.users = names
+        self.delay = FailureDelay(self.stack().fail_delay)
+
+    def stack(self) -> StackReport:
+        """What the service's ``auth`` stack says now (read from its files on each call)."""
+        return read_stack(self.service, PAM_DIRS)
 
     def verify(self, username: str, password: str) -> bool:
         """True only when PAM accepts ``password`` for ``username`` (authentication, then the
         account checks). Never raises.
 
-        Refused without asking PAM: a username not in :attr:`users`; an empty password; either
-        value not a string, holding a NUL or a lone surrogate, or longer than :data:`MAX_INPUT`
-        bytes. Refused by PAM: every failure, logged with the username and PAM's code and reason.
-        Any exception from python-pam is logged and refused.
+        Refused without asking PAM, after waiting as long as a PAM failure takes: a username not
+        in :attr:`users`; an account without a password (an empty password field), whatever the
+        PAM stack would say; an account whose password this process cannot examine, while the
+        stack may let an empty password through (``nullok``, or a file of it unreadable); an
+        empty password; either value not a string, holding a NUL or a lone surrogate, or longer
+        than :data:`MAX_INPUT` bytes. Refused by PAM: every failure, logged with the username and
+        PAM's code and reason. Any exception from python-pam is logged and refused.
         """
-        if not isinstance(username, str) or username not in self.users:
-            # Unnamed: a password typed into the username field must not reach the log.
-            log.warning("flask-tailnet: PAM login refused for a user not in TAILNET_PAM_USERS")
-            return False
-        user, secret = _utf8(username), _utf8(password)
-        if user is None or secret is None:
-            log.warning(
-                "flask-tailnet: PAM login refused for %r: the password is empty, too long "
-                "or not text",
-                username,
-            )
-            return False
+        started = time.monotonic()
         try:
-            handle = importlib.import_module("pam").pam()
-            accepted = handle.authenticate(user, secret, service=self.service, resetcreds=False)
-        except Exception as exc:
+            if self._ask_pam(username, password):
+                return self._pam(username, password, started)
+        except Exception as exc:  # python-pam's, or an unforeseen one: a refusal all the same
             log.error(
                 "flask-tailnet: PAM check for %r (service %r) failed: %s: %s",
                 username,
@@ -132,9 +137,41 @@ class PamVerifier:
                 type(exc).__name__,
                 exc,
             )
+        self.delay.wait(started)
+        return False
+
+    def _ask_pam(self, username: object, password: object) -> bool:
+        """Whether PAM may be asked; a refusal is logged here."""
+        if not isinstance(username, str) or username not in self.users:
+            # Unnamed: a password typed into the username field must not reach the log.
+            log.warning("flask-tailnet: PAM login refused for a user not in TAILNET_PAM_USERS")
             return False
+        if _utf8(username) is None or _utf8(password) is None:
+            log.warning(
+                "flask-tailnet: PAM login refused for %r: the password is empty, too long "
+                "or not text",
+                username,
+            )
+            return False
+        refusal = self.account_refusal(username)
+        if refusal is not None:
+            log.warning("flask-tailnet: PAM login refused for %r: %s", username, refusal)
+            return False
+        return True
+
+    def account_refusal(self, username: str) -> str | None:
+        """Why ``username``'s account may not log in whatever PAM says, or ``None``: it has no
+        password, or this process cannot tell and the stack may let an empty password through."""
+        return account_refusal(password_account(username), self.stack)
+
+    def _pam(self, username: str, password: str, started: float) -> bool:
+        handle = importlib.import_module("pam").pam()
+        accepted = handle.authenticate(
+            _utf8(username), _utf8(password), service=self.service, resetcreds=False
+        )
         if accepted is True:
             return True
+        self.delay.record(time.monotonic() - started)
         log.warning(
             "flask-tailnet: PAM refused %r (service %r): code %s, %s",
             username,
@@ -143,6 +180,55 @@ class PamVerifier:
             handle.reason,
         )
         return False
+
+
+def account_refusal(account: Account, stack: Callable[[], StackReport]) -> str | None:
+    """Why an account in the state ``account`` may not log in, whatever PAM says, or ``None``.
+    ``stack`` is read only when the account's password could not be examined."""
+    if account.state is PasswordState.EMPTY:
+        return f"the account has no password ({account.where})"
+    if account.state is PasswordState.UNKNOWN:
+        report = stack()
+        if report.may_pass_empty:
+            return (
+                f"its password cannot be examined ({account.where}), and PAM service "
+                f"{report.service!r} {report.describe()}"
+            )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusLine:
+    """One line of ``flask tailnet status`` about PAM; ``unsafe`` when PAM itself would let a
+    remote login in without the right password (the guard refuses it)."""
+
+    label: str
+    text: str
+    unsafe: bool = False
+
+
+def pam_status(verifier: PamVerifier) -> list[StatusLine]:
+    """What ``flask tailnet status`` says about PAM: the service's stack, then each user of
+    ``TAILNET_PAM_USERS`` as this process sees the account. Unsafe: a user whose account has no
+    password under a stack that may let an empty password through."""
+    stack = verifier.stack()
+    lines = [StatusLine("PAM stack", f"service {verifier.service!r} {stack.describe()}")]
+    if stack.may_pass_empty:
+        lines.append(StatusLine("", "the guard refuses accounts without a password itself"))
+    for user in sorted(verifier.users):
+        account = password_account(user)
+        refusal = account_refusal(account, lambda: stack)
+        if refusal is None:
+            text = f"{account.state.value} ({account.where})"
+        elif account.state is PasswordState.EMPTY and stack.may_pass_empty:
+            text = (
+                f"UNSAFE: {refusal}; PAM would accept any password, the guard refuses it: "
+                f"set one (passwd {user}) or remove the user from TAILNET_PAM_USERS"
+            )
+        else:
+            text = f"refused: {refusal}"
+        lines.append(StatusLine(f"  {user}", text, text.startswith("UNSAFE")))
+    return lines
 
 
 def _server_user() -> tuple[str, ...]:

@@ -17,14 +17,16 @@ worker keeps its own budget, so N workers allow up to N times the limit. ``redis
 between every worker and host that uses the same server and namespace. The moving window stamps
 attempts with each host's clock, so hosts that share a Redis should keep their clocks in sync.
 
-Fail closed: when the storage cannot be reached or answers with an error, every attempt is refused
-as over budget; no storage exception escapes. The error is logged at most once a minute, naming
-the storage without its password.
+Fail closed: when the storage cannot be reached, answers with an error, or answers nonsense (see
+:class:`NonsenseAnswer`), every attempt is refused as over budget; no storage exception escapes.
+The error is logged at most once a minute, naming the storage as
+:func:`~flask_tailnet.masking.mask_uri` shows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import threading
@@ -36,7 +38,8 @@ from limits import RateLimitItem, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from .addresses import parse_ip
+from .addresses import TAILNET_V6, parse_ip
+from .masking import mask_uri, uri_secrets, without_secrets
 
 log = logging.getLogger("flask_tailnet")
 
@@ -57,6 +60,19 @@ _REDIS_TIMEOUTS: dict[str, float | str | bool] = {
     "socket_timeout": 2.0,
 }
 _LOG_EVERY = 60.0  # seconds between two log lines about an unreachable storage
+
+
+#: Seconds a host's clock may be ahead of another's that shares the storage: a window that
+#: starts further ahead than that is taken for nonsense.
+MAX_CLOCK_SKEW = 300.0
+
+
+class NonsenseAnswer(Exception):
+    """The storage answered what no working storage answers (a Redis-protocol server that says
+    ``+OK`` to everything, for one): treated as a storage failure, so attempts are refused."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the storage answers nonsense: {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +110,8 @@ class AttemptBudget:
                 f"the rate limit namespace must be a non-empty string, not {namespace!r}"
             )
         self._items = _parse_limits(limits)
-        self._secrets = _secrets_of(storage_uri) if isinstance(storage_uri, str) else ()
-        self._shown_uri = _shown(storage_uri)
+        self._secrets = uri_secrets(storage_uri)
+        self._shown_uri = mask_uri(storage_uri)
         storage = _open_storage(storage_uri, self._shown_uri, self._secrets)
         self._limiter = MovingWindowRateLimiter(storage)
         self._namespace = _key_part(namespace)
@@ -122,13 +138,32 @@ class AttemptBudget:
             part = _key_part(key)
             with self._serial:
                 for item in self._items:
-                    if not self._limiter.hit(item, self._namespace, part):
-                        return Spent(allowed=False, retry_after=self._wait(key))
+                    wait = self._take(item, part, key)
+                    if wait:
+                        return Spent(allowed=False, retry_after=wait)
+                    # ``hit`` is bool() of the storage's answer, so a server that answers "OK"
+                    # to everything would allow every attempt; the window it reports shows it
+                    self._window(item, part)
         except Exception as exc:  # any storage failure must refuse, not escape
             self._storage_failed(exc)
             return Spent(allowed=False, retry_after=self._unknown_wait)
         self._storage_answered()
         return ALLOWED
+
+    def _take(self, item: RateLimitItem, part: str, key: str) -> int:
+        """Take one attempt of ``item``'s room for ``key``: 0 when taken, else the seconds to
+        wait. A refusal stands when some limit of ``key`` is exhausted. When every one still has
+        room, either a refund or an expiry came between the two calls, or the storage refuses
+        everything (a server that answers nil or 0 to every command): a second try tells which,
+        and a second refusal is :class:`NonsenseAnswer`."""
+        if self._limiter.hit(item, self._namespace, part):
+            return 0
+        wait = self._wait(key)
+        if wait > 0:
+            return wait
+        if self._limiter.hit(item, self._namespace, part):
+            return 0
+        raise NonsenseAnswer("it refuses an attempt while its window has room")
 
     def refund(self, key: str) -> None:
         """Clear every count of ``key``, after its credential was accepted. Never raises; when the
@@ -139,8 +174,7 @@ class AttemptBudget:
                 self._limiter.clear(item, self._namespace, part)
         except Exception as exc:  # a failed refund must not fail the login
             self._storage_failed(exc)
-            return
-        self._storage_answered()
+        # no "answers again" here: ``limits`` does not show what a clear was answered
 
     def retry_after(self, key: str) -> int:
         """Whole seconds until ``key`` may attempt again: 0 when it may now, at least 1 when it is
@@ -156,13 +190,44 @@ class AttemptBudget:
         exhausted). In a moving window a limit has room again when its oldest attempt leaves the
         window, which is the reset time ``limits`` reports."""
         part = _key_part(key)
-        now = time.time()
         wait = 0
         for item in self._items:
-            stats = self._limiter.get_window_stats(item, self._namespace, part)
-            if stats.remaining <= 0:
-                wait = max(wait, math.ceil(stats.reset_time - now), 1)
+            reset_in, remaining = self._window(item, part)
+            if remaining <= 0:
+                wait = max(wait, math.ceil(reset_in), 1)
         return wait
+
+    def _window(self, item: RateLimitItem, part: str) -> tuple[float, int]:
+        """Seconds until the window of ``item`` for ``part`` has room again, and the attempts
+        left in it, as the storage reports them. Raises :class:`NonsenseAnswer` for a report
+        that no working storage gives: attempts left that are not a whole number from 0 to the
+        limit, or, for a window that holds an attempt, a reset time that is not a number, in the
+        past, or further ahead than one window plus :data:`MAX_CLOCK_SKEW` (the window starts at
+        the oldest attempt in it, which another host may have stamped with a clock that is
+        ahead)."""
+        now = time.time()
+        stats = self._limiter.get_window_stats(item, self._namespace, part)
+        remaining, reset_time = stats.remaining, stats.reset_time
+        if type(remaining) is not int:
+            raise NonsenseAnswer(f"{_shown_number(remaining)} attempts left is not a number")
+        if not 0 <= remaining <= item.amount:
+            raise NonsenseAnswer(
+                f"it counts {_shown_number(item.amount - remaining)} attempts in a window that "
+                f"holds at most {item.amount}"
+            )
+        if remaining == item.amount:
+            # an empty window: no wait, whatever start it reports (``memory://`` reports the
+            # oldest expired attempt it has not dropped yet, long past)
+            return 0.0, remaining
+        if not isinstance(reset_time, (int, float)) or isinstance(reset_time, bool):
+            raise NonsenseAnswer("its window has no start time")
+        reset_in = float(reset_time) - now
+        if not -1.0 <= reset_in <= item.get_expiry() + MAX_CLOCK_SKEW:  # False for NaN too
+            raise NonsenseAnswer(
+                f"its window of {item.get_expiry()} seconds has room again in "
+                f"{_shown_number(reset_in)} seconds"
+            )
+        return reset_in, remaining
 
     def _storage_failed(self, exc: Exception) -> None:
         """Log the failure, unless one was logged less than a minute ago: a storage that is down
@@ -177,7 +242,7 @@ class AttemptBudget:
             "attempt is refused with 429 until it answers (logged at most once a minute)",
             self._shown_uri,
             type(exc).__name__,
-            _without_secrets(str(exc), self._secrets),
+            without_secrets(str(exc), self._secrets),
         )
 
     def _storage_answered(self) -> None:
@@ -187,6 +252,29 @@ class AttemptBudget:
             log.warning(
                 "flask-tailnet: the failed-attempt storage %s answers again", self._shown_uri
             )
+
+
+#: The prefix an IPv6 host outside the tailnet is counted by: the /64 of one subnet, which a
+#: single host usually holds whole (SLAAC, privacy addresses) and can rotate through.
+IPV6_CLIENT_PREFIX = 64
+#: The key every attempt from a missing or unparseable address is counted under.
+UNKNOWN_CLIENT = "unknown"
+
+
+def budget_key(address: str | None) -> str:
+    """The key whose budget an attempt from ``address`` spends.
+
+    An IPv4 address (an IPv4-mapped IPv6 one as its IPv4) and a tailnet IPv6 address
+    (``fd7a:115c:a1e0::/48``, one per node) are their own key. Any other IPv6 address is counted
+    by its /64 (``2001:db8:1:2::/64``), so that a host cannot multiply its budget by rotating
+    through the addresses of its subnet. A missing or unparseable address is
+    :data:`UNKNOWN_CLIENT`, one budget for all such."""
+    ip = parse_ip(address)
+    if ip is None:
+        return UNKNOWN_CLIENT
+    if ip.version == 4 or ip in TAILNET_V6:
+        return str(ip)
+    return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
 
 
 def exempt(address: str | None) -> bool:
@@ -227,11 +315,16 @@ def _open_storage(uri: str, shown: str, secrets: tuple[str, ...]) -> Storage:
     try:
         storage = storage_from_string(uri, **options)
     except Exception as exc:  # a bad URI, a missing client library, an unreachable cluster
-        detail = _without_secrets(str(exc).replace(uri, shown), secrets)
+        detail = without_secrets(str(exc).replace(uri, shown), secrets)
         raise ValueError(f"rate limit storage {shown!r} cannot be used: {detail}") from None
     if not isinstance(storage, Storage):  # pragma: no cover - the schemes above are synchronous
         raise ValueError(f"rate limit storage {shown!r} is not a synchronous storage")
     return storage
+
+
+def _shown_number(value: object) -> str:
+    """A number from the storage, for a log line: at most 20 characters of its ``repr``."""
+    return repr(value)[:20]
 
 
 def _scheme(uri: object) -> str:
@@ -242,30 +335,3 @@ def _key_part(value: str) -> str:
     """``value`` percent-encoded except ``:``, so that no ``/`` inside it can make two
     (namespace, key) pairs build one storage key, and an IPv6 address stays readable."""
     return urllib.parse.quote(value, safe=":")
-
-
-def _secrets_of(uri: str) -> tuple[str, ...]:
-    """The parts of ``uri`` that may be secret: its user information, and the password in it as
-    written and as decoded, longest first."""
-    head = uri.rpartition("@")[0]
-    userinfo = head.partition("://")[2] or head
-    password = userinfo.partition(":")[2]
-    found = {userinfo, password, urllib.parse.unquote(password)} - {""}
-    return tuple(sorted(found, key=len, reverse=True))
-
-
-def _without_secrets(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _shown(uri: object) -> str:
-    """``uri`` for messages and logs: everything before its last ``@`` but the scheme replaced by
-    ``***``, so that no form of user information can show."""
-    text = str(uri)
-    head, at, host = text.rpartition("@")
-    if not at:
-        return text
-    scheme, sep, _ = head.partition("://")
-    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"

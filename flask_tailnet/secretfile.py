@@ -35,6 +35,12 @@ class UnsafeSecretFile(Exception):
     """A secret file or its directory cannot be trusted; the message names the path and the fix."""
 
 
+#: The fewest bytes a token or session key file may hold (after surrounding whitespace is
+#: stripped): the length of what :func:`new_token` makes, 256 random bits. Only the length can be
+#: checked; a hand-written secret must be random too.
+MIN_SECRET_LENGTH = 43
+
+
 def new_token() -> bytes:
     """32 random bytes, URL-safe base64 without padding (43 characters)."""
     return secrets.token_urlsafe(32).encode("ascii")
@@ -104,10 +110,17 @@ class SecretFile:
     """
 
     def __init__(
-        self, directory: Path, name: str, generate: Callable[[], bytes] = new_token
+        self,
+        directory: Path,
+        name: str,
+        generate: Callable[[], bytes] = new_token,
+        *,
+        min_length: int = 1,
     ) -> None:
         self.directory = directory
         self.path = directory / name
+        #: A file holding fewer bytes (stripped) is refused as unsafe: it could be guessed.
+        self.min_length = min_length
         self._path = str(self.path)
         self._generate = generate
         #: The watch of ``directory``, shared by every secret file in it.
@@ -116,7 +129,8 @@ class SecretFile:
 
     def read(self, *, create: bool = False) -> bytes | None:
         """The secret, stripped of surrounding whitespace; ``None`` when the file is missing (and
-        ``create`` is false or creation failed), untrusted, unreadable or empty. Never raises."""
+        ``create`` is false or creation failed), untrusted, unreadable, empty or shorter than
+        :attr:`min_length`. Never raises."""
         generation = self._watch.generation()
         cached = self._cached
         if (
@@ -180,7 +194,7 @@ class SecretFile:
 
     def ensure(self) -> bytes:
         """The secret, creating the file if it is missing. Raises :class:`UnsafeSecretFile` when
-        the file or its directory is untrusted or the file is empty."""
+        the file or its directory is untrusted or the file is empty or too short."""
         for _ in range(3):
             try:
                 st = os.lstat(self._path)
@@ -205,8 +219,8 @@ class SecretFile:
         return self.ensure()
 
     def problem(self) -> str | None:
-        """Why the file cannot be used now (missing, untrusted, empty), or ``None``; never the
-        content."""
+        """Why the file cannot be used now (missing, untrusted, empty, too short), or ``None``;
+        never the content."""
         try:
             self._load(os.lstat(self._path))
         except FileNotFoundError:
@@ -218,9 +232,12 @@ class SecretFile:
         return None
 
     def write(self, content: bytes) -> None:
-        """Replace the file atomically with ``content`` (not empty), mode 0600 from creation."""
+        """Replace the file atomically with ``content`` (not empty, at least :attr:`min_length`
+        bytes once stripped), mode 0600 from creation."""
         if not content.strip():
             raise ValueError("refusing to write an empty secret")
+        if len(content.strip()) < self.min_length:
+            raise ValueError(f"refusing to write a secret shorter than {self.min_length} bytes")
         self._publish(replace=True, content=content)
 
     def remove(self) -> bool:
@@ -274,6 +291,12 @@ class SecretFile:
             )
         if len(data) > _MAX_SIZE:
             raise UnsafeSecretFile(f"{path} is larger than {_MAX_SIZE} bytes; replace it")
+        if len(value) < self.min_length:
+            raise UnsafeSecretFile(
+                f"{path} is shorter than {self.min_length} bytes (the length of a generated "
+                "secret, 256 random bits), so it could be guessed; remove it, and a new random "
+                f"one is made when next needed: rm {path}"
+            )
         return value
 
     def _publish(self, *, replace: bool, content: bytes | None = None) -> None:

@@ -30,7 +30,7 @@ from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from .caches import BoundedCache
-from .secretfile import SecretFile
+from .secretfile import MIN_SECRET_LENGTH, SecretFile
 
 #: How a session was opened.
 SessionMethod = Literal["token", "password", "pam"]
@@ -109,8 +109,9 @@ class SessionCodec:
     while it is unchanged); the signer and the fingerprint key are built once per key value, and
     a cookie's signature and payload are checked once per key value (verified cookies are cached;
     the lifetime and the credential are checked on every call). While the key file is
-    missing-and-uncreatable, untrusted or empty,
-    no cookie is issued and every cookie is refused.
+    missing-and-uncreatable, untrusted, empty or shorter than
+    :data:`~flask_tailnet.secretfile.MIN_SECRET_LENGTH` bytes, no cookie is issued and every
+    cookie is refused.
     """
 
     def __init__(
@@ -132,9 +133,12 @@ class SessionCodec:
         self._keyed: _Keyed | None = None
 
     def _keys(self) -> _Keyed | None:
-        """The state for the key now in the file, or ``None`` when it is unusable."""
+        """The state for the key now in the file, or ``None`` when it is unusable: missing and
+        uncreatable, untrusted, empty, or shorter than
+        :data:`~flask_tailnet.secretfile.MIN_SECRET_LENGTH` bytes, whatever the key file allows
+        (a short key could be guessed online, one forged cookie at a time)."""
         key = self._read(create=True)
-        if key is None:
+        if key is None or len(key) < MIN_SECRET_LENGTH:
             return None
         keyed = self._keyed
         if keyed is None or keyed.key != key:

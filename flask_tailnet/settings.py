@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .addresses import Network, parse_networks
-from .binds import BindRefused, bind_specs, parse_bind
+from .binds import BindRefused, bind_specs, parse_bind, unix_problem
 from .hosts import HostRule, parse_host_rule
 
 PolicyName = Literal["tailnet", "local", "any"]
@@ -63,10 +63,10 @@ LOGIN_LIMITS = "TAILNET_LOGIN_LIMITS"
 RATELIMIT_STORAGE_URI = "TAILNET_RATELIMIT_STORAGE_URI"
 
 #: Where ``flask_tailnet.gunicorn`` (and ``flask tailnet serve``) listen: gunicorn bind specs
-#: (``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, ``fd://N``). Empty means loopback plus this
-#: machine's tailnet addresses; gunicorn's ``--bind`` overrides both. Every bind is checked before
-#: any worker starts (wildcard, public and, unless the network is ``"local"``, LAN addresses are
-#: refused); here only the spelling is checked. The same name works as an environment variable.
+#: (``HOST:PORT``, ``[IPV6]:PORT``, ``fd://N``). Empty means loopback plus this machine's tailnet
+#: addresses; gunicorn's ``--bind`` overrides both. Every bind is checked before any worker starts
+#: (wildcard, public and, unless the network is ``"local"``, LAN addresses are refused); here the
+#: spelling is checked, and ``unix:PATH`` refused. The same name works as an environment variable.
 BIND = "TAILNET_BIND"
 #: Let a bind on the wildcard address (``0.0.0.0``, ``[::]``) pass the bind check: only for a
 #: container whose published port is bound to a tailnet address (``-p 100.x.y.z:8000:8000``).
@@ -239,12 +239,14 @@ def _networks(key: str, value: Any) -> tuple[Network, ...]:
 
 
 def _binds(value: Any) -> tuple[str, ...]:
-    """The spelling of each bind spec; whether it may be bound is decided in the gunicorn
-    master, which knows the network policy of every app it serves."""
+    """The spelling of each bind spec, and no Unix socket (never servable, see
+    :func:`flask_tailnet.binds.unix_problem`); whether an address may be bound is decided in the
+    gunicorn master, which knows the network policy of every app it serves."""
     try:
         specs = bind_specs(value)
         for spec in specs:
-            parse_bind(spec)
+            if parse_bind(spec).kind == "unix":
+                raise BindRefused(unix_problem(spec))
     except BindRefused as exc:
         raise ConfigurationError(f"{BIND}: {exc}") from None
     return tuple(specs)

@@ -257,31 +257,73 @@ def pam_user() -> Iterator[PamUser]:
 
     The server in tests runs as root, so ``TAILNET_PAM_USERS`` must name this user explicitly.
     """
+    with throwaway_pam_user(secrets.token_urlsafe(24), PAM_TEST_SERVICE) as user:
+        yield user
+
+
+#: Debian's ``common-auth``: pam_unix with ``nullok``, which accepts any password for an account
+#: whose password field is empty. ``nodelay`` as above.
+PAM_NULLOK_SERVICE = """\
+# flask-tailnet tests; removed when the test session ends
+auth     [success=1 default=ignore] pam_unix.so nullok nodelay
+auth     requisite pam_deny.so
+auth     required pam_permit.so
+account  required pam_unix.so
+"""
+
+
+@pytest.fixture(scope="session")
+def passwordless_user() -> Iterator[PamUser]:
+    """A system user whose password field is empty (``passwd -d``), ``password`` ``""``, and a
+    PAM service with ``pam_unix.so nullok`` (Debian's ``common-auth``) for it; both removed
+    afterwards. Through that service, PAM alone accepts any password for this user."""
+    with throwaway_pam_user(None, PAM_NULLOK_SERVICE) as user:
+        yield user
+
+
+@contextmanager
+def pam_service_file(name: str, text: str) -> Iterator[str]:
+    """A PAM service file ``/etc/pam.d/<name>`` with ``text``, removed afterwards."""
+    path = Path("/etc/pam.d", name)
+    try:
+        path.write_text(text)
+        yield name
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def throwaway_pam_user(password: str | None, service_text: str) -> Iterator[PamUser]:
+    """A system user with ``password`` (``None``: an empty password field) and a PAM service
+    file with ``service_text``; both removed afterwards, even on failure. Needs root."""
     if os.geteuid() != 0:
         pytest.skip("pam_user needs root: it adds a system user and a file in /etc/pam.d")
-    useradd, chpasswd, userdel = map(_system_tool, ("useradd", "chpasswd", "userdel"))
+    useradd, chpasswd, passwd, userdel = map(
+        _system_tool, ("useradd", "chpasswd", "passwd", "userdel")
+    )
     if not os.path.isdir("/etc/pam.d"):
         pytest.skip("pam_user needs an /etc/pam.d directory")
     suffix = secrets.token_hex(4)
     user = PamUser(
         username=f"tailnettest{suffix}",
-        password=secrets.token_urlsafe(24),
+        password=password or "",
         service=f"flask-tailnet-test-{suffix}",
     )
-    service_file = Path("/etc/pam.d", user.service)
     created = False
     try:
         _run(
             [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user.username]
         )
         created = True
-        _run([chpasswd], stdin=f"{user.username}:{user.password}\n")
-        service_file.write_text(PAM_TEST_SERVICE)
-        problem = pam_problem(user.service)
-        if problem is not None:
-            pytest.skip(f"PAM is not usable here: {problem}")
-        yield user
+        if password is None:
+            _run([passwd, "--delete", user.username])
+        else:
+            _run([chpasswd], stdin=f"{user.username}:{password}\n")
+        with pam_service_file(user.service, service_text):
+            problem = pam_problem(user.service)
+            if problem is not None:
+                pytest.skip(f"PAM is not usable here: {problem}")
+            yield user
     finally:
-        service_file.unlink(missing_ok=True)
         if created:
             _run([userdel, user.username])

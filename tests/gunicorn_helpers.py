@@ -9,16 +9,19 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import pty
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -161,6 +164,10 @@ def gunicorn_env(state_dir: Path, **extra: str) -> dict[str, str]:
     return {**env, "FLASK_TAILNET_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **extra}
 
 
+#: What the server's stderr (and stdout) is: a file, a pipe, or a terminal (a pty).
+StderrKind = Literal["file", "pipe", "pty"]
+
+
 def start_gunicorn(
     args: Sequence[str],
     *,
@@ -168,22 +175,68 @@ def start_gunicorn(
     stderr_path: Path,
     binds: Sequence[tuple[str, int]] = (),
     command: Sequence[str] | None = None,
+    stderr: StderrKind = "file",
+    pass_fds: Sequence[int] = (),
 ) -> Gunicorn:
     """Start ``gunicorn ARGS`` (or ``command ARGS``) in its own session from the repository root,
-    stderr (and stdout) to ``stderr_path``. The caller must stop it: prefer :func:`running`."""
+    stderr (and stdout) to ``stderr_path``: directly (``"file"``), or copied there by a thread
+    from a pipe or from the terminal side of a pty, which the server then sees as its stderr.
+    ``pass_fds`` stay open, with their numbers, in the server. The caller must stop it: prefer
+    :func:`running`."""
     if shutil.which("ip") is None and any(":" in host for host, _ in binds):
         pytest.skip("the `ip` command (iproute2) is not installed")
-    with stderr_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*(GUNICORN if command is None else command), *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    if stderr == "file":
+        with stderr_path.open("wb") as log:
+            proc = _popen(args, env=env, command=command, output=log.fileno(), pass_fds=pass_fds)
+        return Gunicorn(proc, stderr_path, list(binds))
+    read, write = pty.openpty() if stderr == "pty" else os.pipe()
+    try:
+        proc = _popen(args, env=env, command=command, output=write, pass_fds=pass_fds)
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)  # the server holds the only writer: the copy ends when it exits
+    stderr_path.write_bytes(b"")
+    threading.Thread(target=_copy, args=(read, stderr_path), daemon=True).start()
     return Gunicorn(proc, stderr_path, list(binds))
+
+
+def _popen(
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    command: Sequence[str] | None,
+    output: int,
+    pass_fds: Sequence[int],
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*(GUNICORN if command is None else command), *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        pass_fds=tuple(pass_fds),
+    )
+
+
+def _copy(read: int, path: Path) -> None:
+    """Append what comes out of ``read`` to ``path`` (a pty's ``\r\n`` as ``\n``) until the
+    writers are gone (end of file, or EIO from a pty)."""
+    try:
+        with path.open("ab", buffering=0) as log:
+            while True:
+                try:
+                    chunk = os.read(read, 65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                log.write(chunk.replace(b"\r\n", b"\n"))
+    finally:
+        os.close(read)
 
 
 @contextlib.contextmanager
@@ -199,11 +252,12 @@ def running(
     env: dict[str, str] | None = None,
     command: Sequence[str] | None = None,
     timeout: float = START_TIMEOUT,
+    stderr: StderrKind = "file",
 ) -> Iterator[Gunicorn]:
     """The example app under ``gunicorn -c python:flask_tailnet.gunicorn`` on ``binds``, once it
     serves with all ``workers``; killed (process group) afterwards, even on failure. With
     ``command`` (e.g. ``flask --app example_app tailnet serve``), that runs instead of gunicorn
-    and ``app`` and the config are not added."""
+    and ``app`` and the config are not added. ``stderr`` as for :func:`start_gunicorn`."""
     args = [
         *([] if command is not None else CONFIG),
         *(arg for host, port in binds for arg in ("-b", netloc(host, port))),
@@ -224,6 +278,7 @@ def running(
         stderr_path=stderr_path,
         binds=binds,
         command=command,
+        stderr=stderr,
     )
     try:
         wait_until_serving(server, workers, timeout)

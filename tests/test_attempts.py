@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
 from flask_tailnet.attempts import Attempts, Limited
 from flask_tailnet.peer import Peer, logged_in
-from flask_tailnet.ratelimit import AttemptBudget
+from flask_tailnet.ratelimit import AttemptBudget, budget_key
+
+from .conftest import TAILNET_HOST
 
 CLIENT = Peer("100.64.0.7", "none")
 
@@ -137,3 +143,106 @@ def test_a_limited_client_cannot_test_guesses_against_memory(budget: CountingBud
     for _ in range(5):
         attempts.check(CLIENT, b"wrong", lambda p: b"m", lambda: None)
     assert isinstance(attempts.check(CLIENT, b"right", lambda p: b"m", admit), Limited)
+
+
+# ---- whose budget an attempt spends --------------------------------------------------------------
+
+#: (peers that must share one budget, a peer that must keep its own, the policies that admit
+#: them all).
+ROTATIONS = [
+    (
+        "public-ipv6-rotating-through-its-64",
+        [f"2001:db8:105:1::{n:x}" for n in range(1, 31)],
+        "2001:db8:105:2::1",
+        ("any",),
+    ),
+    (
+        "privacy-addresses-across-the-whole-64",
+        [f"2001:db8:105:1:{n:x}:{n:x}:{n:x}:{n:x}" for n in range(1, 31)],
+        "2001:db8:105::1",
+        ("any",),
+    ),
+    (
+        "ula-rotating-through-its-64",
+        [f"fd00:105:0:1::{n:x}" for n in range(1, 31)],
+        "fd00:105:0:2::1",
+        ("any", "local"),
+    ),
+    (
+        "link-local-rotating",
+        [f"fe80::105:{n:x}" for n in range(1, 31)],
+        "100.64.105.9",
+        ("any", "local"),
+    ),
+    (
+        "ipv4-mapped-is-its-ipv4",
+        ["100.64.105.1", "::ffff:100.64.105.1"] * 15,
+        "100.64.105.2",
+        ("any", "local"),
+    ),
+    (
+        "tailnet-ipv6-peers-separate",
+        ["fd7a:115c:a1e0::105:1"] * 30,
+        "fd7a:115c:a1e0::105:2",
+        ("any", "local"),
+    ),
+    (
+        "tailnet-peers-in-one-64-separate",
+        ["fd7a:115c:a1e0:105::1"] * 30,
+        "fd7a:115c:a1e0:105::2",
+        ("any", "local"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("network", "rotating", "other"),
+    [
+        pytest.param(network, rotating, other, id=f"{name}-under-{network}")
+        for name, rotating, other, networks in ROTATIONS
+        for network in networks
+    ],
+)
+def test_a_host_cannot_multiply_its_budget_by_rotating_addresses(
+    app_factory: Callable[..., Flask], network: str, rotating: list[str], other: str
+) -> None:
+    client = app_factory(network=network, auth="token").test_client()
+    statuses = [guess(client, peer) for peer in rotating]
+    assert statuses == [401] * 5 + [429] * 25
+    assert guess(client, other) == 401, "a neighbour outside the rotating host keeps its budget"
+
+
+def guess(client: FlaskClient, peer: str) -> int:
+    """A wrong bearer token from ``peer``; the status."""
+    status: int = client.get(
+        "/",
+        base_url=f"http://{TAILNET_HOST}",
+        environ_base={"REMOTE_ADDR": peer},
+        headers={"Authorization": "Bearer wrong"},
+    ).status_code
+    return status
+
+
+BUDGET_KEYS = [
+    pytest.param("100.64.0.7", "100.64.0.7", id="ipv4"),
+    pytest.param("::ffff:100.64.0.7", "100.64.0.7", id="ipv4-mapped"),
+    pytest.param("fd7a:115c:a1e0::7", "fd7a:115c:a1e0::7", id="tailnet-ipv6"),
+    pytest.param("fd7a:115c:a1e0:ab12::7", "fd7a:115c:a1e0:ab12::7", id="tailnet-ipv6-long"),
+    pytest.param("FD7A:115C:A1E0::7", "fd7a:115c:a1e0::7", id="tailnet-ipv6-upper-case"),
+    pytest.param("2001:db8:1:2::a", "2001:db8:1:2::/64", id="public-ipv6"),
+    pytest.param("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64", id="last-of-the-64"),
+    pytest.param("2001:db8:1:2::a%eth0", "2001:db8:1:2::/64", id="scoped"),
+    pytest.param("2001:0db8:0001:0002:0:0:0:a", "2001:db8:1:2::/64", id="long-spelling"),
+    pytest.param("fe80::1", "fe80::/64", id="link-local"),
+    pytest.param("fd7a:115c:a1e1::7", "fd7a:115c:a1e1::/64", id="next-to-the-tailnet-range"),
+    pytest.param("64:ff9b::808:808", "64:ff9b::/64", id="nat64"),
+    pytest.param(None, "unknown", id="missing"),
+    pytest.param("", "unknown", id="empty"),
+    pytest.param("not-an-address", "unknown", id="garbage"),
+    pytest.param("[2001:db8::1]", "unknown", id="bracketed"),
+]
+
+
+@pytest.mark.parametrize(("address", "key"), BUDGET_KEYS)
+def test_budget_key(address: str | None, key: str) -> None:
+    assert budget_key(address) == key

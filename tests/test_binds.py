@@ -32,6 +32,9 @@ from flask_tailnet.binds import (
 ip = ipaddress.ip_address
 
 # (spec, network, allow_wildcard, words the refusal must hold) -- None: allowed.
+#: The refusal of a Unix socket names the fix.
+UNIX = "has no address, so flask-tailnet can neither tell who sent a request"
+
 REFUSED_OR_ALLOWED = [
     # Every spelling of the wildcard.
     pytest.param("0.0.0.0:8000", "tailnet", False, "wildcard", id="wildcard-v4"),
@@ -152,10 +155,12 @@ REFUSED_OR_ALLOWED = [
     pytest.param("127.0.0.1\x00:80", "tailnet", False, "not a bind", id="nul-byte"),
     pytest.param("a" * 5000, "tailnet", False, "not a bind", id="huge-spec"),
     pytest.param("ünïcode:80", "tailnet", False, "neither", id="non-ascii-name"),
-    # Unix sockets are allowed; fd:// needs its address.
-    pytest.param("unix:/run/app.sock", "tailnet", False, None, id="unix-absolute"),
-    pytest.param("unix:///run/app.sock", "tailnet", False, None, id="unix-triple-slash"),
-    pytest.param("unix:app.sock", "tailnet", False, None, id="unix-relative"),
+    # Unix sockets are refused (a peer without an address: every request would get 403); fd://
+    # needs its address.
+    pytest.param("unix:/run/app.sock", "tailnet", False, UNIX, id="unix-absolute"),
+    pytest.param("unix:///run/app.sock", "tailnet", False, UNIX, id="unix-triple-slash"),
+    pytest.param("unix:app.sock", "tailnet", False, UNIX, id="unix-relative"),
+    pytest.param("unix:/run/app.sock", "any", True, UNIX, id="unix-under-any-and-wildcard"),
     pytest.param("unix:", "tailnet", False, "give a path", id="unix-empty-path"),
     pytest.param("unix://", "tailnet", False, "give a path", id="unix-empty-after-slashes"),
     pytest.param("unix:/tmp/unix:x", "tailnet", False, "unix:", id="unix-twice-gunicorn-cuts"),
@@ -283,8 +288,9 @@ def test_unknown_network_policy_is_a_programming_error() -> None:
         pytest.param(("100.64.0.1", 8000), "tailnet", None, id="tailnet"),
         pytest.param(("fd7a:115c:a1e0::1", 80, 0, 0), "tailnet", None, id="tailnet-v6"),
         pytest.param(("fe80::1%eth0", 80, 0, 2), "local", None, id="link-local-scoped"),
-        pytest.param("/run/app.sock", "tailnet", None, id="unix"),
-        pytest.param(b"\x00abstract", "tailnet", None, id="unix-abstract"),
+        pytest.param("/run/app.sock", "tailnet", UNIX, id="unix"),
+        pytest.param(b"\x00abstract", "any", UNIX, id="unix-abstract"),
+        pytest.param("", "any", UNIX, id="unix-unnamed"),
         pytest.param(("0.0.0.0", 8000), "tailnet", "wildcard", id="wildcard-v4"),
         pytest.param(("::", 8000, 0, 0), "tailnet", "wildcard", id="wildcard-v6"),
         pytest.param(("::ffff:0.0.0.0", 80, 0, 0), "tailnet", "wildcard", id="wildcard-mapped"),
@@ -341,7 +347,7 @@ def listening() -> Iterator[dict[str, socket.socket]]:
     [
         pytest.param("loopback", None, id="loopback"),
         pytest.param("wildcard", "wildcard", id="wildcard"),
-        pytest.param("unix", None, id="unix"),
+        pytest.param("unix", UNIX, id="unix"),
     ],
 )
 def test_fd_sockname_of_real_sockets(
@@ -378,8 +384,10 @@ def test_check_binds_names_every_refused_spec() -> None:
 
 
 def test_check_binds_returns_every_bind() -> None:
-    specs = ["127.0.0.1:80", "[fd7a:115c:a1e0::1]:80", "unix:/run/a.sock"]
-    binds = check_binds(specs, network="tailnet", allow_wildcard=False)
+    specs = ["127.0.0.1:80", "[fd7a:115c:a1e0::1]:80", "fd://5"]
+    binds = check_binds(
+        specs, network="tailnet", allow_wildcard=False, sockname=lambda fd: ("127.0.0.1", 80)
+    )
     assert [b.spec for b in binds] == specs
     assert check_binds([], network="tailnet", allow_wildcard=False) == []
 
@@ -571,9 +579,7 @@ def test_setting_names_agree() -> None:
     [
         pytest.param((), (), id="default-empty"),
         pytest.param(["127.0.0.1:8000", "[::1]:8000"], ("127.0.0.1:8000", "[::1]:8000"), id="list"),
-        pytest.param(
-            "127.0.0.1:8000, unix:/run/a.sock", ("127.0.0.1:8000", "unix:/run/a.sock"), id="text"
-        ),
+        pytest.param("127.0.0.1:8000, fd://3", ("127.0.0.1:8000", "fd://3"), id="text"),
         pytest.param('["100.64.0.1:80"]', ("100.64.0.1:80",), id="json-from-prefixed-env"),
         # Only the spelling is checked here; the gunicorn master refuses these.
         pytest.param(["0.0.0.0:8000"], ("0.0.0.0:8000",), id="wildcard-spelled-right"),
@@ -587,6 +593,21 @@ def test_bind_setting(tmp_path: Path, value: object, expected: tuple[str, ...]) 
     settings = app.extensions["tailnet"].settings
     assert settings.bind == expected
     assert settings.allow_wildcard_bind is False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(["unix:/run/app.sock"], id="unix-list"),
+        pytest.param("127.0.0.1:8000 unix:/run/app.sock", id="unix-in-text"),
+        pytest.param('["unix:///run/app.sock"]', id="unix-json"),
+    ],
+)
+def test_bind_setting_refuses_a_unix_socket_at_init(tmp_path: Path, value: object) -> None:
+    app = Flask("binds")
+    app.config.update(TAILNET_BIND=value, TAILNET_STATE_DIR=str(tmp_path / "state"))
+    with pytest.raises(settings_module.ConfigurationError, match=f"TAILNET_BIND: .*{UNIX}"):
+        TailnetGuard(app)
 
 
 def test_allow_wildcard_bind_setting(tmp_path: Path) -> None:

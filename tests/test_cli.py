@@ -21,6 +21,7 @@ from flask.testing import FlaskCliRunner
 from flask_tailnet import cli as cli_module
 from flask_tailnet.cli import MAX_PASSWORD_LENGTH, tailnet
 from flask_tailnet.extension import GuardState
+from flask_tailnet.masking import mask_uri
 
 from .conftest import TAILNET_PEER, addresses_on_lo, call, make_app, serving_example_app
 
@@ -466,12 +467,12 @@ def test_status_shows_the_settings(state_dir: Path) -> None:
         cookie_name="s",
         session_lifetime=3600,
         login_prefix="/auth",
-        bind=["100.64.0.1:8000", "unix:/run/app.sock"],
+        bind=["100.64.0.1:8000", "[fd7a:115c:a1e0::1]:8000"],
         allow_wildcard_bind=True,
     )
     result = app.test_cli_runner().invoke(tailnet, ["status"])
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[7:] == [
+    assert result.stdout.splitlines()[7:16] == [
         "network policy:   local, allowlist 100.64.0.0/16, fd7a:115c:a1e0::/64",
         "allowed hosts:    localhost, IP literals in the policy, box.tail1234.ts.net, "
         ".example.internal",
@@ -481,7 +482,7 @@ def test_status_shows_the_settings(state_dir: Path) -> None:
         "limit storage:    memory:// (counts per process)",
         "sessions:         cookie s, 3600 s",
         "login page:       /auth/login",
-        "gunicorn binds:   100.64.0.1:8000, unix:/run/app.sock, wildcard allowed",
+        "gunicorn binds:   100.64.0.1:8000, [fd7a:115c:a1e0::1]:8000, wildcard allowed",
     ]
 
 
@@ -576,6 +577,35 @@ def test_status_exits_non_zero_when_something_is_unsafe(
         assert secret not in result.output
 
 
+@pytest.mark.parametrize("name", ["token", "session_key"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"x\n", id="one-byte"),
+        pytest.param(b"a" * 42 + b"\n", id="42-chars"),
+        pytest.param(b"  " + b"b" * 42 + b"  \n", id="42-chars-padded"),
+    ],
+)
+def test_status_calls_a_short_secret_unsafe(
+    runner: FlaskCliRunner, app: Flask, state_dir: Path, name: str, content: bytes
+) -> None:
+    state = state_of(app)
+    state.token_file.ensure()
+    state.sessions.key_file.ensure()
+    (state_dir / name).write_bytes(content)
+    result = runner.invoke(tailnet, ["status"])
+    assert result.exit_code == 1
+    [reported] = [x for x in result.stdout.splitlines() if x.startswith(f"  {name}:")]
+    assert f"UNSAFE: {state_dir / name} is shorter than 43 bytes" in reported
+    assert f"rm {state_dir / name}" in reported
+    assert "something is UNSAFE" in result.stderr
+    if len(content.strip()) > 1:
+        assert content.strip().decode() not in result.output
+    other = "session_key" if name == "token" else "token"
+    [fine] = [x for x in result.stdout.splitlines() if x.startswith(f"  {other}:")]
+    assert fine.endswith(", safe")
+
+
 @pytest.mark.parametrize(
     ("spoil", "expected"),
     [
@@ -614,19 +644,19 @@ def test_status_of_a_dangling_symlink_directory_is_not_missing(tmp_path: Path) -
         ("redis://user:pw@host", "redis://***@host"),
         ("redis://user:p@ss@host", "redis://***@host"),
         ("redis://user:p/ss@host/0", "redis://***@host/0"),
-        ("redis://user:p?ss@host/0", "redis://***@host/0"),
-        ("redis://user:p#ss@host/0", "redis://***@host/0"),
+        ("redis://user:p?ss@host/0", "redis://***"),  # as ambiguous as redis://h?password=p@ss
+        ("redis://user:p#ss@host/0", "redis://***"),
         ("rediss://user:pw@host/0?x=1", "rediss://***@host/0?x=***"),
         ("redis://host/0?password=pw&db=1", "redis://host/0?password=***&db=***"),
         ("redis+unix:///run/redis.sock?password=pw", "redis+unix:///run/redis.sock?password=***"),
         ("redis://host/0?pw", "redis://host/0?***"),
         ("redis://host/0#pw", "redis://host/0#***"),
         ("redis+sentinel://:pw@h1:26379,h2:26379/m", "redis+sentinel://***@h1:26379,h2:26379/m"),
-        ("user:pw@host", "***"),
+        ("user:pw@host", "***@host"),
     ],
 )
 def test_mask_uri(uri: str, masked: str) -> None:
-    assert cli_module.mask_uri(uri) == masked
+    assert mask_uri(uri) == masked
 
 
 # ---- flask tailnet url -------------------------------------------------------------------------
@@ -719,7 +749,7 @@ def test_url_with_an_unsafe_token_prints_no_link(
     "token",
     [
         pytest.param(None, id="generated"),
-        pytest.param("a+b/c=d&e#f?g%h", id="hand-written-with-url-characters"),
+        pytest.param("a+b/c=d&e#f?g%h" + "x" * 28, id="hand-written-with-url-characters"),
     ],
 )
 def test_url_logs_a_tailnet_browser_in(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from flask import Flask
@@ -32,6 +33,8 @@ from flask_tailnet.machine import interface_addresses
 
 from .conftest import make_app
 from .gunicorn_helpers import (
+    CONFIG,
+    EXAMPLE_APP,
     Gunicorn,
     accepts,
     addresses_on_lo,
@@ -42,6 +45,7 @@ from .gunicorn_helpers import (
     request,
     running,
     start_gunicorn,
+    wait_until_serving,
 )
 
 SERVER_V4, CLIENT_V4 = "100.64.0.40", "100.64.0.41"
@@ -347,6 +351,110 @@ def test_an_address_neither_loopback_nor_tailnet_is_refused(tmp_path: Path) -> N
         _assert_refused(f"{OTHER_V4}:{port}", (OTHER_V4, port), tmp_path, connect=True)
 
 
+SERVE = [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", "serve"]
+#: A LAN address added to lo for the inherited-socket test: refused under TAILNET_NETWORK="tailnet".
+LAN_V4 = "192.168.103.7"
+#: A documentation address (TEST-NET-1) of this test's own: refused under every policy.
+DOC_V4 = "192.0.2.103"
+
+
+def _usr2_child(sock: socket.socket, tmp_path: Path, name: str, network: str) -> Gunicorn:
+    """gunicorn started as a master re-executed by SIGUSR2 is: ``GUNICORN_PID`` set and the
+    listening socket ``sock`` inherited through ``GUNICORN_FD``, while ``-b`` names another
+    (accepted) address that it then never binds."""
+    env = gunicorn_env(
+        tmp_path / "state",
+        GUNICORN_PID=str(os.getpid()),
+        GUNICORN_FD=str(sock.fileno()),
+        FLASK_TAILNET_NETWORK=network,
+    )
+    return start_gunicorn(
+        [*tg_args(), "-b", f"127.0.0.1:{free_port()}", "-w", "1", EXAMPLE_APP],
+        env=env,
+        stderr_path=tmp_path / f"{name}.log",
+        pass_fds=[sock.fileno()],
+    )
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("address", "network"),
+    [
+        pytest.param(LAN_V4, "tailnet", id="lan-address-under-tailnet"),
+        pytest.param(DOC_V4, "any", id="documentation-address-under-any"),
+    ],
+)
+def test_a_socket_inherited_through_GUNICORN_FD_is_checked(
+    address: str, network: str, tmp_path: Path
+) -> None:
+    with addresses_on_lo([f"{address}/32"]), socket.socket() as sock:
+        sock.bind((address, 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = _usr2_child(sock, tmp_path, "refused", network)
+        try:
+            assert server.proc.wait(timeout=60) == 1, server.stderr()
+        finally:
+            server.kill()
+        stderr = server.stderr()
+        assert f"refusing to bind 'fd://{sock.fileno()}' (listening on {address})" in stderr
+        assert "Booting worker" not in stderr
+        # The socket still listens (this test holds it), but no one answers on it.
+        with pytest.raises(OSError):
+            request(address, port, "/healthz", timeout=2)
+
+
+def test_a_loopback_socket_inherited_through_GUNICORN_FD_is_served(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        server = _usr2_child(sock, tmp_path, "accepted", "tailnet")
+        try:
+            server.binds = [("127.0.0.1", port)]
+            wait_until_serving(server, 1)
+            assert request("127.0.0.1", port, "/healthz").status == 200
+            assert f"Listening at: http://127.0.0.1:{port}" in server.stderr()
+        finally:
+            server.kill()
+
+
+@pytest.mark.parametrize(
+    ("how", "command"),
+    [
+        pytest.param("-b", None, id="gunicorn-b"),
+        pytest.param("TAILNET_BIND", None, id="gunicorn-TAILNET_BIND-env"),
+        pytest.param("FLASK_TAILNET_BIND", None, id="gunicorn-app-config-from-env"),
+        pytest.param("-b", SERVE, id="serve-b"),
+    ],
+)
+def test_a_unix_socket_bind_is_refused_at_start(
+    how: str, command: list[str] | None, tmp_path: Path
+) -> None:
+    """A Unix socket peer has no address: every request through it was refused (403), even with
+    the token. The start is refused instead, with the fix, and the socket is never created."""
+    path = tmp_path / "app.sock"
+    spec = f"unix:{path}"
+    args = ["--no-control-socket", "-w", "1", *(["-b", spec] if how == "-b" else [])]
+    env = gunicorn_env(tmp_path / "state", **({} if how == "-b" else {how: spec}))
+    server = start_gunicorn(
+        [*args, *([] if command else [*CONFIG, EXAMPLE_APP])],
+        env=env,
+        stderr_path=tmp_path / "gunicorn.log",
+        command=command,
+    )
+    try:
+        status = server.proc.wait(timeout=60)
+    finally:
+        server.kill()
+    stderr = server.stderr()
+    assert status != 0, stderr
+    assert f"refusing to bind {spec!r}: a Unix socket peer has no address" in stderr
+    assert "list 127.0.0.1 in TAILNET_TRUSTED_PROXIES" in stderr
+    assert "Booting worker" not in stderr
+    assert not path.exists()
+
+
 def test_this_machines_own_address_is_refused(tmp_path: Path) -> None:
     """An address of a real interface (``ip -j addr``), checked without any traffic to it: only
     the LISTEN table is read. Without one, a documentation address added to lo stands in."""
@@ -391,6 +499,85 @@ ACCESS_FORMAT = " ".join(
         "eauth=%({http_authorization}e)s ecookie=%({http_cookie}e)s",
     ]
 )
+
+
+GUNICORN_HINT = "flask --app 'example_app:create_app()' tailnet url --port {port}"
+SERVE_HINT = "flask --app example_app tailnet url --port {port}"
+
+
+@pytest.mark.parametrize(
+    ("stderr", "command", "extra", "printed"),
+    [
+        # Standard error is where a log keeps it: never the token, a hint instead.
+        pytest.param(
+            "file", None, ["--capture-output", "--error-logfile", "{log}"], False,
+            id="capture-output-error-logfile",
+        ),
+        pytest.param(
+            "pty", None, ["--capture-output", "--error-logfile", "{log}"], False,
+            id="capture-output-from-a-terminal-still-to-the-file",
+        ),
+        pytest.param("pipe", None, ["--error-logfile", "{log}"], False, id="stderr-a-pipe"),
+        pytest.param("file", None, [], False, id="stderr-a-file-as-under-nohup"),
+        pytest.param("pipe", SERVE, [], False, id="serve-stderr-a-pipe-as-journal-or-container"),
+        pytest.param(
+            "file", SERVE, ["--capture-output", "--error-logfile", "{log}"], False,
+            id="serve-capture-output-error-logfile",
+        ),
+        # A terminal: printed, once per URL, and still never in the error log file.
+        pytest.param("pty", None, ["--error-logfile", "{log}"], True, id="stderr-a-terminal"),
+        pytest.param("pty", SERVE, [], True, id="serve-stderr-a-terminal"),
+    ],
+)  # fmt: skip
+def test_login_links_are_printed_to_a_terminal_only(
+    stderr: Literal["file", "pipe", "pty"],
+    command: list[str] | None,
+    extra: list[str],
+    printed: bool,
+    tmp_path: Path,
+) -> None:
+    port = free_port("127.0.0.1")
+    state_dir = tmp_path / "state"
+    error_log = tmp_path / "error.log"
+    args = ["-b", f"127.0.0.1:{port}", "-w", "1", "--no-control-socket"]
+    args += [arg.format(log=error_log) for arg in extra]
+    server = start_gunicorn(
+        [*args, *([] if command else [*CONFIG, EXAMPLE_APP])],
+        env=gunicorn_env(state_dir),
+        stderr_path=tmp_path / "stderr.log",
+        command=command,
+        stderr=stderr,
+    )
+    try:
+        # gunicorn's own lines may go to the error log: wait for an answer, not for them.
+        deadline = time.monotonic() + 60
+        while not accepts("127.0.0.1", port, 0.5) or _status(port) != 200:
+            assert server.proc.poll() is None, server.stderr()
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        token = _token(state_dir)
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    seen = server.stderr() + (error_log.read_text() if error_log.exists() else "")
+    link = f"http://127.0.0.1:{port}/?token={token}"
+    hint = (SERVE_HINT if command else GUNICORN_HINT).format(port=port)
+    if printed:
+        assert server.stderr().count(link) == 1, seen
+        assert hint not in seen
+    else:
+        assert token not in seen, seen
+        assert seen.count(hint) == 1, seen
+        assert "not a terminal" in seen
+    if error_log.exists():
+        assert token not in error_log.read_text()
+
+
+def _status(port: int) -> int | None:
+    try:
+        return request("127.0.0.1", port, "/healthz", timeout=5).status
+    except OSError:
+        return None
 
 
 @pytest.mark.parametrize(
@@ -446,8 +633,8 @@ def test_access_log_never_holds_a_secret(log_format: str | None, tmp_path: Path)
         assert f"auth={R}" in logged
         assert f"cookie={R}" in logged
         assert f"setcookie={R}" in logged
-    # The error log (gunicorn's stderr) holds the token only in the one login URL line.
-    assert stderr.count(token) == 1, stderr
+    # The error log (gunicorn's stderr, a file) never holds the token: not even the login links.
+    assert token not in stderr, stderr
     assert "Invalid request from ip=127.0.0.1" in stderr
 
 
@@ -471,6 +658,7 @@ def test_login_url_printed_once_on_stderr_not_in_access_log(tmp_path: Path) -> N
         stderr_path=tmp_path / "gunicorn.log",
         workers=2,
         extra=["--access-logfile", str(access_log)],
+        stderr="pty",  # a terminal: the only place the links are printed
     ) as server:
         token = _token(state_dir)
         assert request("127.0.0.1", port, "/healthz").status == 200

@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import importlib.util
+import io
 import logging
 import os
+import pty
 import signal
 import socket
 import stat
@@ -56,6 +58,8 @@ from .gunicorn_helpers import (
 )
 
 PREFIX = "flask-tailnet: refusing to serve: "
+#: The module's own check, which the ``clean`` fixture replaces by a stand-in.
+REAL_STDERR_IS_A_TERMINAL = tg.stderr_is_a_terminal
 TAILNET_V4 = "100.64.0.42"
 #: TEST-NET-2, added to lo for the refused inherited socket: neither loopback, tailnet nor LAN.
 OTHER_V4 = "198.51.100.46"
@@ -152,6 +156,8 @@ _ENV = (
     "TAILNET_ALLOW_WILDCARD_BIND",
     "LISTEN_FDS",
     "LISTEN_PID",
+    "GUNICORN_FD",
+    "GUNICORN_PID",
     "GUNICORN_CMD_ARGS",
     "PORT",
 )
@@ -168,6 +174,9 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tg, "_ENV_PROBLEM", None)
     monkeypatch.setattr(tg, "_FROM_ENV", False)
     monkeypatch.setattr(tg, "machine_addresses", lambda: [])
+    # pytest's captured stderr is no terminal: the unit tests of the links' text run as on one
+    # (the real terminal test starts gunicorn on a pty, see test_gunicorn.py).
+    monkeypatch.setattr(tg, "stderr_is_a_terminal", lambda: True)
 
 
 @pytest.fixture
@@ -272,6 +281,25 @@ def test_several_guarded_apps_are_all_prepared(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "token").exists()
     assert (tmp_path / "b" / "token").exists()
     assert server.flask_tailnet.token == (tmp_path / "a" / "token").read_bytes().strip()
+
+
+@pytest.mark.parametrize("name", ["token", "session_key"])
+def test_the_master_refuses_a_short_secret_file(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / name).write_bytes(b"a" * 42 + b"\n")
+    (state_dir / name).chmod(0o600)
+    server = arbiter(make_app(state_dir), ["127.0.0.1:9001"])
+    with pytest.raises(SystemExit) as exited:
+        tg.on_starting(server)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(PREFIX)
+    assert f"{state_dir / name} is shorter than 43 bytes" in err
+    assert "a" * 42 not in err
+    assert (state_dir / name).read_bytes() == b"a" * 42 + b"\n", "never replaced silently"
 
 
 # ---- on_starting: refused ----------------------------------------------------------------------
@@ -547,22 +575,24 @@ def test_loopback_only_is_logged_when_no_tailnet_address_is_found(
         assert list(server.cfg.bind) == module.bind
 
 
-def test_unix_socket_bind_is_noted_in_the_log(tmp_path: Path) -> None:
-    server = arbiter(make_app(tmp_path / "state"), [f"unix:{tmp_path}/app.sock", "127.0.0.1:9001"])
-    tg.on_starting(server)
-    assert server.log.records == [
-        (
-            "info",
-            f"flask-tailnet: unix:{tmp_path}/app.sock is a Unix socket: the proxy in front of it "
-            "must be listed in TAILNET_TRUSTED_PROXIES",
-        )
-    ]
+def test_a_unix_socket_bind_refuses_the_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"unix:{tmp_path}/app.sock"
+    server = arbiter(make_app(tmp_path / "state"), [spec, "127.0.0.1:9001"])
+    with pytest.raises(SystemExit) as exited:
+        tg.on_starting(server)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{PREFIX}refusing to bind {spec!r}: a Unix socket peer has no address" in err
+    assert "list 127.0.0.1 in TAILNET_TRUSTED_PROXIES" in err
+    assert not (tmp_path / "app.sock").exists()
 
 
 @pytest.mark.parametrize(
     ("given", "env", "expected"),
     [
-        pytest.param(None, {}, ["127.0.0.1:9011", "unix:/run/x.sock"], id="default-replaced"),
+        pytest.param(None, {}, ["127.0.0.1:9011", "[::1]:9011"], id="default-replaced"),
         pytest.param(["127.0.0.1:9012"], {}, ["127.0.0.1:9012"], id="-b-wins"),
         pytest.param(
             None, {"TAILNET_BIND": "127.0.0.1:9013"}, ["127.0.0.1:9013"], id="environment-wins"
@@ -577,7 +607,7 @@ def test_the_app_s_TAILNET_BIND_replaces_only_the_default(
     tmp_path: Path,
 ) -> None:
     module = fresh(**env)
-    app = make_app(tmp_path / "state", bind=["127.0.0.1:9011", "unix:/run/x.sock"])
+    app = make_app(tmp_path / "state", bind=["127.0.0.1:9011", "[::1]:9011"])
     server = _start_with(module, app, given)
     assert list(server.cfg.bind) == expected
     assert [b.spec for b in server.flask_tailnet.binds] == expected
@@ -644,6 +674,65 @@ def test_inherited_fds(
     assert tg._inherited_fds() == expected
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"GUNICORN_PID": "123", "GUNICORN_FD": "5"}, [5], id="usr2-one"),
+        pytest.param({"GUNICORN_PID": "123", "GUNICORN_FD": "5,7,9"}, [5, 7, 9], id="usr2-three"),
+        pytest.param({"GUNICORN_FD": "5"}, [], id="GUNICORN_FD-without-GUNICORN_PID-is-ignored"),
+        pytest.param({"GUNICORN_PID": "0", "GUNICORN_FD": "5"}, [], id="GUNICORN_PID-zero"),
+        pytest.param(
+            {"LISTEN_PID": "self", "LISTEN_FDS": "1", "GUNICORN_PID": "1", "GUNICORN_FD": "9"},
+            [3],
+            id="systemd-first-as-gunicorn",
+        ),
+        pytest.param(
+            {"LISTEN_PID": "self", "LISTEN_FDS": "0", "GUNICORN_PID": "1", "GUNICORN_FD": "9"},
+            [9],
+            id="systemd-zero-then-GUNICORN_FD",
+        ),
+        pytest.param(
+            {"LISTEN_PID": "self", "LISTEN_FDS": "-1", "GUNICORN_PID": "1", "GUNICORN_FD": "9"},
+            [],
+            id="systemd-negative-is-systemd-s-as-gunicorn-then-bind-is-checked",
+        ),
+    ],
+)
+def test_inherited_fds_from_a_usr2_re_exec(
+    env: dict[str, str], expected: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(os.getpid()) if value == "self" else value)
+    assert tg._inherited_fds() == expected
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        pytest.param(None, id="GUNICORN_PID-without-GUNICORN_FD"),
+        pytest.param("", id="empty"),
+        pytest.param("5,", id="trailing-comma"),
+        pytest.param(" 5", id="space"),
+        pytest.param("+5", id="sign"),
+        pytest.param("five", id="word"),
+        pytest.param("5;6", id="other-separator"),
+        pytest.param("1" * 12, id="absurd-number"),
+    ],
+)
+def test_a_malformed_GUNICORN_FD_refuses_the_start(
+    listed: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("GUNICORN_PID", "123")
+    if listed is not None:
+        monkeypatch.setenv("GUNICORN_FD", listed)
+    with pytest.raises(SystemExit):
+        tg.on_starting(arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9001"]))
+    assert "is not a list of file descriptor numbers" in capsys.readouterr().err
+
+
 @contextlib.contextmanager
 def inherited(monkeypatch: pytest.MonkeyPatch, *socks: socket.socket) -> Iterator[list[int]]:
     """``socks`` as the sockets systemd passes. Their numbers are not 3, 4, ... here (those are
@@ -668,17 +757,39 @@ def _tcp(host: str, *, listen: bool) -> socket.socket:
 def test_inherited_loopback_sockets_are_accepted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    unix = socket.socket(socket.AF_UNIX)
-    unix.bind(str(tmp_path / "s"))
-    socks = (_tcp("127.0.0.1", listen=True), _tcp("127.0.0.2", listen=True), unix)
+    socks = (_tcp("127.0.0.1", listen=True), _tcp("127.0.0.2", listen=True))
     with inherited(monkeypatch, *socks) as fds:
         server = arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9001"])
         tg.on_starting(server)
         # gunicorn serves the passed sockets only (it binds no address then): the login URLs are
-        # made from the addresses they listen on; the Unix socket has none
+        # made from the addresses they listen on
         binds = server.flask_tailnet.binds
-        assert [b.spec for b in binds] == [f"fd://{fd}" for fd in fds[:2]]
+        assert [b.spec for b in binds] == [f"fd://{fd}" for fd in fds]
         assert [(b.kind, str(b.ip)) for b in binds] == [("tcp", "127.0.0.1"), ("tcp", "127.0.0.2")]
+
+
+def test_an_inherited_unix_socket_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "s"))
+    with inherited(monkeypatch, _tcp("127.0.0.1", listen=True), unix) as fds:
+        with pytest.raises(SystemExit):
+            tg.on_starting(arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9001"]))
+        err = capsys.readouterr().err
+        assert f"refusing to bind 'fd://{fds[1]}' (a Unix socket): a Unix socket peer" in err
+        assert f"fd://{fds[0]}" not in err
+
+
+def test_with_reuse_port_the_bind_setting_is_checked_not_the_inherited_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``--reuse-port`` each worker binds ``-b`` itself and ignores inherited sockets."""
+    with inherited(monkeypatch, _tcp("127.0.0.1", listen=True)):
+        server = arbiter(make_app(tmp_path / "state"), ["0.0.0.0:9001"], reuse_port=True)
+        with pytest.raises(SystemExit):
+            tg.on_starting(server)
+        assert "refusing to bind '0.0.0.0:9001': the wildcard" in capsys.readouterr().err
 
 
 def test_an_inherited_wildcard_socket_is_refused_unless_allowed(
@@ -729,19 +840,92 @@ def test_when_ready_prints_the_login_urls_once_to_stderr(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(tg, "machine_addresses", lambda: [TAILNET_V4])
-    specs = ["127.0.0.1:9031", "[fd7a:115c:a1e0::42]:9031", f"unix:{tmp_path}/a.sock"]
+    specs = ["127.0.0.1:9031", "[fd7a:115c:a1e0::42]:9031"]
     server = arbiter(make_app(tmp_path / "state"), specs)
     tg.on_starting(server)
     tg.when_ready(server)
     out, err = capsys.readouterr()
     token = (tmp_path / "state" / "token").read_text().strip()
     assert out == ""
-    assert err.count(token) == 2  # one URL per TCP bind, none for the Unix socket
+    assert err.count(token) == 2  # one URL per TCP bind
     assert err.splitlines()[1:] == [
         f"    http://127.0.0.1:9031/?token={token}",
         f"    http://[fd7a:115c:a1e0::42]:9031/?token={token}",
     ]
     assert token not in server.log.text()
+
+
+@pytest.mark.parametrize(
+    ("app_uri", "shown"),
+    [
+        pytest.param("myapp:create_app()", "flask --app 'myapp:create_app()'", id="quoted"),
+        pytest.param("x; rm -rf ~", "flask --app 'x; rm -rf ~'", id="shell-quoted"),
+        pytest.param(None, "flask --app <your app>", id="unknown-app"),
+    ],
+)
+def test_when_ready_off_a_terminal_prints_how_to_get_the_links_not_the_token(
+    app_uri: str | None,
+    shown: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(tg, "stderr_is_a_terminal", lambda: False)
+    server = arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9033", "[::1]:9034"])
+    server.app.app_uri = app_uri
+    tg.on_starting(server)
+    tg.when_ready(server)
+    out, err = capsys.readouterr()
+    token = (tmp_path / "state" / "token").read_text().strip()
+    assert out == ""
+    assert token not in err
+    assert "standard error is not a terminal" in err
+    assert err.rstrip().endswith(f"{shown} tailnet url --port 9033")
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        pytest.param(None, False, id="no-stderr"),
+        pytest.param("captured", False, id="a-stream-without-a-descriptor"),
+        pytest.param("pipe", False, id="a-pipe"),
+        pytest.param("file", False, id="a-file"),
+    ],
+)
+def test_stderr_is_a_terminal_only_for_a_terminal(
+    stream: str | None, expected: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if stream is None:
+        monkeypatch.setattr(sys, "stderr", None)
+    elif stream == "captured":
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+    elif stream == "pipe":
+        read, write = os.pipe()
+        monkeypatch.setattr(sys, "stderr", os.fdopen(write, "w"))
+        os.close(read)
+    else:
+        monkeypatch.setattr(sys, "stderr", (tmp_path / "f").open("w"))
+    try:
+        assert REAL_STDERR_IS_A_TERMINAL() is expected
+    finally:
+        if stream in ("pipe", "file"):
+            sys.stderr.close()
+
+
+def test_a_pty_on_sys_stderr_alone_is_not_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sys.stderr`` on a terminal while file descriptor 2 (where ``--capture-output`` points
+    gunicorn's error log) is not: no links."""
+    main, terminal = pty.openpty()
+    try:
+        with os.fdopen(terminal, "w", closefd=False) as stream:
+            monkeypatch.setattr(sys, "stderr", stream)
+            monkeypatch.setattr(os, "isatty", lambda fd: fd == terminal)
+            assert REAL_STDERR_IS_A_TERMINAL() is False
+            monkeypatch.setattr(os, "isatty", lambda fd: fd in (2, terminal))
+            assert REAL_STDERR_IS_A_TERMINAL() is True
+    finally:
+        os.close(main)
+        os.close(terminal)
 
 
 @pytest.mark.parametrize(
@@ -1219,7 +1403,7 @@ def test_sighup_with_a_refused_bind_halts_the_master(refused_reload: RefusedRelo
     reason = next(line for line in result.stderr.splitlines() if "Reason:" in line)
     assert f"{PREFIX}refusing to bind '0.0.0.0:{result.port}': the wildcard address" in reason
     assert result.token not in reason
-    assert result.stderr.count(result.token) == 1  # the login URL at start, not again
+    assert result.token not in result.stderr  # stderr is a file: no login URL, ever
     assert not result.first_accepts_after
     assert result.port not in listening_ports()
 

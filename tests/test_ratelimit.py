@@ -15,10 +15,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flask_tailnet.ratelimit import ALLOWED, AttemptBudget, Spent, exempt
+
+from .conftest import TAILNET_HOST, TAILNET_PEER, make_app
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT = "100.64.0.7"
@@ -222,6 +225,20 @@ def test_retry_after_is_honest_and_refusals_record_nothing(storage_uri: str) -> 
     assert spender.spend(CLIENT).allowed is True
 
 
+def test_an_expired_window_is_not_nonsense(
+    storage_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``memory://`` keeps expired attempts until its next write and reports the window of an
+    empty list from the oldest of them, long past: no wait, and no storage failure."""
+    spender = budget(storage_uri, "2 per second")
+    assert spend(spender, CLIENT, 2) == [True, True]
+    time.sleep(2.5)  # more than the window and the second the check allows for clocks
+    with caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        assert spender.retry_after(CLIENT) == 0
+        assert spender.spend(CLIENT) == ALLOWED
+    assert caplog.text == ""
+
+
 def test_a_short_refusal_does_not_eat_the_long_budget(storage_uri: str) -> None:
     spender = budget(storage_uri, "2 per second; 3 per hour")
     assert spend(spender, CLIENT, 2) == [True, True]
@@ -315,6 +332,67 @@ def test_redis_down_refuses_and_never_raises(caplog: pytest.LogCaptureFixture) -
     assert "hunter2" not in caplog.text
 
 
+#: Storages that fail (a closed loopback port, a socket that is not there), with a password in
+#: each place a URI can hold one; ``{port}`` is a closed port.
+FAILING_WITH_A_PASSWORD = [
+    pytest.param("redis://127.0.0.1:{port}/0?password=hunter2", id="query-password"),
+    pytest.param("redis://127.0.0.1:{port}/0?db=0&password=hunt%65r2", id="query-encoded"),
+    pytest.param("redis://:hunter2@127.0.0.1:{port}", id="userinfo-password"),
+    pytest.param("redis://hunter2:hunter2@127.0.0.1:{port}", id="userinfo-user-and-password"),
+    pytest.param("redis://u:hunt@er2@127.0.0.1:{port}", id="at-sign-in-password"),
+    pytest.param("redis+unix:///nonexistent/{port}.sock?password=hunter2", id="unix-socket"),
+]
+
+
+@pytest.mark.parametrize("uri", FAILING_WITH_A_PASSWORD)
+def test_a_failing_storage_never_logs_its_password(
+    uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spender = AttemptBudget(storage_uri=uri.format(port=_free_port()))
+    with caplog.at_level(logging.DEBUG, logger="flask_tailnet"):
+        assert spender.spend(CLIENT).allowed is False
+        assert spender.retry_after(CLIENT) == 60
+        spender.refund(CLIENT)
+    errors = _error_lines(caplog)
+    assert len(errors) == 1
+    assert "***" in errors[0]
+    for spelling in ("hunter2", "hunt%65r2", "hunt@er2", "er2@"):
+        assert spelling not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("redis://127.0.0.1:{port}/0?password=wrong-hunter2", id="query-password"),
+        pytest.param("redis://:wrong-hunter2@127.0.0.1:{port}/0", id="userinfo-password"),
+        pytest.param("redis://admin:wrong-hunter2@127.0.0.1:{port}/0", id="user-and-password"),
+    ],
+)
+def test_a_real_redis_refusing_the_password_never_logs_it(
+    tmp_path: Path, uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = _free_port()
+    listen = ("--port", str(port), "--bind", "127.0.0.1", "--requirepass", "right-password")
+    with _redis_server(tmp_path, *listen, answers=lambda: _answers_at_all(port)):
+        spender = AttemptBudget(storage_uri=uri.format(port=port))
+        with caplog.at_level(logging.DEBUG, logger="flask_tailnet"):
+            assert spender.spend(CLIENT).allowed is False
+    [error] = _error_lines(caplog)
+    assert "AuthenticationError" in error or "ResponseError" in error
+    assert "wrong-hunter2" not in caplog.text
+    assert "***" in error
+
+
+def _answers_at_all(port: int) -> bool:
+    """True once something on ``port`` answers a PING, even with an error (NOAUTH)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16)[:1] in (b"+", b"-")
+    except OSError:
+        return False
+
+
 def test_redis_that_hangs_refuses_within_the_timeout() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
@@ -334,6 +412,199 @@ def test_redis_back_after_an_outage(tmp_path: Path, caplog: pytest.LogCaptureFix
             assert spend(spender, CLIENT, 6) == [True] * 5 + [False]
     assert len(_error_lines(caplog)) == 1
     assert "answers again" in caplog.text
+
+
+# ---- a Redis-protocol server that answers +OK to everything --------------------------------------
+
+
+def _commands(buffer: bytearray) -> int:
+    """Take every complete RESP command (an array of bulk strings, or an inline line) off the
+    front of ``buffer``; return how many there were."""
+    taken = 0
+    while buffer:
+        if buffer[:1] != b"*":
+            line = buffer.find(b"\r\n")
+            if line < 0:
+                return taken
+            del buffer[: line + 2]
+            taken += 1
+            continue
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            return taken
+        position, complete = end + 2, True
+        for _ in range(int(buffer[1:end])):
+            header_end = buffer.find(b"\r\n", position)
+            if header_end < 0:
+                complete = False
+                break
+            position = header_end + 2 + int(buffer[position + 1 : header_end]) + 2
+            if position > len(buffer):
+                complete = False
+                break
+        if not complete:
+            return taken
+        del buffer[:position]
+        taken += 1
+    return taken
+
+
+@contextlib.contextmanager
+def ok_to_everything(answer: bytes = b"+OK\r\n") -> Iterator[int]:
+    """A server on a free loopback port that speaks RESP and answers ``answer`` (``+OK``) to
+    every command (PING, EVALSHA, SCRIPT LOAD, DEL alike); yields its port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    commands: list[int] = []
+
+    def serve(conn: socket.socket) -> None:
+        buffer = bytearray()
+        with conn:
+            conn.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buffer += data
+                count = _commands(buffer)
+                commands.append(count)
+                conn.sendall(answer * count)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        acceptor.join(5)
+        listener.close()
+    assert sum(commands) > 0, "the budget never asked the fake server anything"
+
+
+def test_a_server_that_answers_ok_to_everything_refuses_every_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ok_to_everything() as port, caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        spender = AttemptBudget(storage_uri=f"redis://127.0.0.1:{port}/0?password=hunter2")
+        for _ in range(20):
+            assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+            assert spender.retry_after(CLIENT) == 60
+            spender.refund(CLIENT)
+    errors = _error_lines(caplog)
+    assert len(errors) == 1, "logged once in a while, not per request"
+    assert "NonsenseAnswer" in errors[0]
+    assert "answers again" not in caplog.text
+    assert f"redis://127.0.0.1:{port}/0?password=***" in errors[0]
+    assert "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(b"+OK\r\n", id="ok"),
+        pytest.param(b"+PONG\r\n", id="pong"),
+        pytest.param(b":1\r\n", id="one"),
+        pytest.param(b":0\r\n", id="zero"),
+        pytest.param(b"$-1\r\n", id="nil"),
+        pytest.param(b"*0\r\n", id="empty-array"),
+        pytest.param(b"*2\r\n:1\r\n:1\r\n", id="a-window-from-1970"),
+        pytest.param(b"$2\r\nOK\r\n", id="bulk-ok"),
+        pytest.param(b"-ERR unknown command\r\n", id="error"),
+    ],
+)
+def test_a_server_with_one_answer_to_everything_never_allows(
+    answer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ok_to_everything(answer) as port, caplog.at_level(logging.ERROR, logger="flask_tailnet"):
+        spender = AttemptBudget(storage_uri=f"redis://127.0.0.1:{port}")
+        for _ in range(7):
+            assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+    assert len(_error_lines(caplog)) == 1, "the operator is told, once"
+
+
+def test_a_login_against_an_ok_to_everything_server_gets_429(tmp_path: Path) -> None:
+    with ok_to_everything() as port:
+        app = make_app(
+            tmp_path / "state", auth="token", ratelimit_storage_uri=f"redis://127.0.0.1:{port}"
+        )
+        token = app.extensions["tailnet"].token_file.ensure().decode()
+        client = app.test_client()
+        statuses = [
+            client.get(
+                "/",
+                base_url=f"http://{TAILNET_HOST}",
+                environ_base={"REMOTE_ADDR": TAILNET_PEER},
+                headers={"Authorization": f"Bearer {guess}"},
+            ).status_code
+            for guess in [f"guess-{n}" for n in range(8)] + [token]
+        ]
+    assert statuses == [429] * 9, "never unlimited, and the right token is not looked at either"
+
+
+def test_a_refusal_raced_by_a_refund_is_tried_again_not_called_nonsense(
+    storage_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused attempt whose window then shows room (a success cleared the count in between)
+    is tried once more; it is neither refused for nothing nor logged as a storage failure."""
+    spender = budget(storage_uri)
+    limiter = spender._limiter
+    real_hit, refusals = limiter.hit, [False]
+
+    def raced(*args: Any, **kwargs: Any) -> bool:
+        return refusals.pop() if refusals else real_hit(*args, **kwargs)
+
+    with caplog.at_level(logging.WARNING, logger="flask_tailnet"):
+        limiter.hit = raced  # type: ignore[method-assign]
+        assert spender.spend(CLIENT) == ALLOWED
+    assert caplog.text == ""
+
+
+#: Window reports no working storage gives: (attempts left, reset time relative to now).
+NONSENSE_WINDOWS = [
+    pytest.param(-70, 0.0, id="more-attempts-than-the-limit-holds"),
+    pytest.param(6, 30.0, id="more-room-than-the-limit"),
+    pytest.param(True, 30.0, id="a-bool-for-a-count"),
+    pytest.param("5", 30.0, id="text-for-a-count"),
+    pytest.param(2.5, 30.0, id="a-fraction-of-an-attempt"),
+    pytest.param(3, -3600.0, id="a-window-that-ended-long-ago"),
+    pytest.param(3, 10.0**12, id="a-window-far-in-the-future"),
+    pytest.param(3, float("nan"), id="not-a-time"),
+    pytest.param(3, float("inf"), id="infinite-time"),
+    pytest.param(3, None, id="no-time"),
+]
+
+
+@pytest.mark.parametrize(("remaining", "reset_in"), NONSENSE_WINDOWS)
+def test_nonsense_windows_are_storage_failures(
+    remaining: object, reset_in: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from limits.strategies import MovingWindowRateLimiter  # noqa: PLC0415
+    from limits.util import WindowStats  # noqa: PLC0415
+
+    def nonsense(self: object, item: object, *identifiers: str) -> WindowStats:
+        reset = None if reset_in is None else time.time() + reset_in
+        return WindowStats(reset, remaining)  # type: ignore[arg-type]
+
+    spender = budget()
+    monkeypatch.setattr(MovingWindowRateLimiter, "get_window_stats", nonsense)
+    assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
+    assert spender.retry_after(CLIENT) == 60
 
 
 # ---- configuration -------------------------------------------------------------------------------
@@ -395,6 +666,26 @@ def test_error_messages_never_show_the_password(uri: str) -> None:
         AttemptBudget(storage_uri=uri)
     assert "hunter2" not in str(error.value)
     assert "hun%74er2" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("redis://user:hunter?2@127.0.0.1:6379", id="question-mark"),
+        pytest.param("redis://user:hunter/2@127.0.0.1:6379", id="slash"),
+        pytest.param("redis://user:hunter#2@127.0.0.1:6379", id="hash"),
+        pytest.param("rediss://:hunter?2@127.0.0.1:6379/0", id="tls"),
+        pytest.param("redis://:hunter?x@127.0.0.1:6379", id="cut-after-the-password"),
+        pytest.param("redis+sentinel://u:hunter?2@127.0.0.1:1,127.0.0.2:2/m", id="sentinel"),
+    ],
+)
+def test_a_password_cut_by_an_unescaped_delimiter_never_shows(uri: str) -> None:
+    """A URL parser ends the host at the first ``/``, ``?`` or ``#``, so from such a password
+    the Redis client reports a piece as the port; the message says the URI cannot be used,
+    without the piece."""
+    with pytest.raises(ValueError, match="cannot be used") as error:
+        AttemptBudget(storage_uri=uri)
+    assert "hunter" not in str(error.value)
 
 
 @pytest.mark.parametrize("namespace", ["", None])

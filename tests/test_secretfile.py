@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
@@ -202,14 +204,16 @@ def test_replacement_by_rename_and_in_place_edit_are_seen(
     assert remote(client, token) == 200
     staged = state_dir / "staged"
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, b"renamed-into-place-token\n")
+    renamed = "renamed-into-place-token-" + "r" * 43  # tokens are at least 43 bytes
+    os.write(fd, f"{renamed}\n".encode())
     os.close(fd)
     os.replace(staged, state_dir / "token")
     assert remote(client, token) == 401
-    assert remote(client, "renamed-into-place-token") == 200
+    assert remote(client, renamed) == 200
+    edited = "edited-in-place-token-xyz-" + "e" * 50
     with open(state_dir / "token", "r+b") as handle:  # same inode, new content and size
-        handle.write(b"edited-in-place-token-xyz\n")
-    assert remote(client, "edited-in-place-token-xyz") == 200
+        handle.write(f"{edited}\n".encode())
+    assert remote(client, edited) == 200
 
 
 def _count_file_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -449,3 +453,107 @@ def test_a_rotation_removes_only_stale_temporaries_of_dead_writers(state_dir: Pa
 def test_ownership_fix(me: int, owner: int, fix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: me)
     assert secretfile._ownership_fix(owner, Path("/s/token")) == fix
+
+
+# ---- a secret shorter than a generated one is refused --------------------------------------------
+
+#: (file content, what the refusal says). Every row is shorter than the 43 bytes of a generated
+#: token once surrounding whitespace is stripped.
+WEAK_CONTENTS = [
+    pytest.param(b"x\n", "shorter than 43 bytes", id="one-byte"),
+    pytest.param(b"k", "shorter than 43 bytes", id="one-byte-no-newline"),
+    pytest.param(b"a" * 42 + b"\n", "shorter than 43 bytes", id="42-chars"),
+    pytest.param(b"   \t" + b"b" * 42 + b" \n\n", "shorter than 43 bytes", id="42-chars-padded"),
+    pytest.param(b"\t" * 10 + b"c" * 30 + b"\n" * 10, "shorter than 43 bytes", id="padding-to-43"),
+    pytest.param("\u00e9".encode() * 21, "shorter than 43 bytes", id="21-two-byte-chars"),
+    pytest.param(b" \n\t\n ", "empty", id="empty-after-strip"),
+    pytest.param(b"", "empty", id="empty"),
+]
+STRONG_CONTENTS = [
+    pytest.param(b"Z" * 43, id="43-chars-even-all-the-same"),
+    pytest.param(b"  " + b"y" * 43 + b"\n", id="43-chars-padded"),
+    pytest.param(b"0123456789" * 10, id="100-chars"),
+    pytest.param("\u00e9".encode() * 22, id="22-two-byte-chars-are-44-bytes"),
+]
+WEAKLY_HELD = ["token", "session_key"]
+
+
+def write_secret(path: Path, content: bytes) -> None:
+    """``content`` into ``path``, as a careful hand would: a private file in a private directory."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+
+
+@pytest.mark.parametrize("name", WEAKLY_HELD)
+@pytest.mark.parametrize(("content", "refusal"), WEAK_CONTENTS)
+def test_a_short_secret_file_is_refused(
+    state_dir: Path, name: str, content: bytes, refusal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(state_dir)
+    state = app.extensions["tailnet"]
+    secret_file = {"token": state.token_file, "session_key": state.sessions.key_file}[name]
+    write_secret(secret_file.path, content)
+    with caplog.at_level(logging.ERROR, logger="flask_tailnet"):
+        assert secret_file.read(create=True) is None
+    assert refusal in caplog.text
+    assert str(secret_file.path) in caplog.text
+    problem = secret_file.problem()
+    assert problem is not None
+    assert refusal in problem
+    with pytest.raises(UnsafeSecretFile, match=refusal):
+        secret_file.ensure()
+    assert secret_file.path.read_bytes() == content, "refused, not replaced behind the user's back"
+    if len(content.strip()) >= 8:
+        assert content.strip().decode(errors="replace") not in problem
+
+
+@pytest.mark.parametrize(("content", "refusal"), WEAK_CONTENTS)
+def test_a_short_token_is_denied_everywhere(state_dir: Path, content: bytes, refusal: str) -> None:
+    app = make_app(state_dir)
+    write_secret(state_dir / "token", content)
+    client = app.test_client()
+    presented = content.strip().decode(errors="replace")
+    assert remote(client, presented) == 401
+    basic = base64.b64encode(f"x:{presented}".encode()).decode()
+    headers = {"Authorization": f"Basic {basic}"}
+    assert call(client, peer=TAILNET_PEER, host=TAILNET_HOST, headers=headers).status_code == 401
+    link = call(client, f"/?token={quote(presented)}", peer=TAILNET_PEER, host=TAILNET_HOST)
+    assert link.status_code != 303
+    assert "Set-Cookie" not in link.headers or "tailnet_session=" not in link.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize("name", WEAKLY_HELD)
+@pytest.mark.parametrize("content", STRONG_CONTENTS)
+def test_a_secret_as_long_as_a_generated_one_is_accepted(
+    state_dir: Path, name: str, content: bytes
+) -> None:
+    app = make_app(state_dir)
+    state = app.extensions["tailnet"]
+    secret_file = {"token": state.token_file, "session_key": state.sessions.key_file}[name]
+    write_secret(secret_file.path, content)
+    assert secret_file.read() == content.strip()
+    assert secret_file.problem() is None
+    if name == "token" and content.isascii():  # a header carries Latin-1, not UTF-8
+        assert remote(app.test_client(), content.strip().decode()) == 200
+
+
+def test_the_password_file_keeps_its_own_rules(state_dir: Path) -> None:
+    """A password is a human one, checked under the budget: any non-empty one is read."""
+    app = make_app(state_dir)
+    password_file = app.extensions["tailnet"].credentials.passwords.file
+    write_secret(password_file.path, b"pw\n")
+    assert password_file.read() == b"pw"
+    assert password_file.problem() is None
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n", b"x", b"a" * 42])
+def test_a_short_secret_is_never_written(state_dir: Path, content: bytes) -> None:
+    secret_file = make_app(state_dir).extensions["tailnet"].token_file
+    with pytest.raises(ValueError, match="refusing to write"):
+        secret_file.write(content)
+    assert not secret_file.path.exists()
+
+
+def test_every_generated_secret_is_long_enough() -> None:
+    assert all(len(secretfile.new_token()) >= secretfile.MIN_SECRET_LENGTH for _ in range(200))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -28,6 +31,8 @@ from flask_tailnet.sessions import (
     SessionCodec,
     SessionMethod,
 )
+
+from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
 
 T0 = 1_700_000_000.0
 TOKEN = b"tok-4fQ0wz8Yt2V1mX9kLrP3sB7nD5hJ6cE0aG1iK2uO3y"
@@ -326,6 +331,84 @@ def test_unusable_key_fails_closed(
     assert codec.open(cookie, credentials) is None
     assert codec.issue(user="alice", method="password", credential=PASSWORD) is None
     assert codec.fingerprint(PASSWORD) is None
+
+
+def forged_with(
+    key: bytes, method: SessionMethod, user: str | None, credential: bytes, *, at: float = T0
+) -> str:
+    """The cookie a guesser who knew ``key`` would make: a valid signature and fingerprint."""
+    fingerprint_key = hmac.digest(key, b"flask-tailnet credential fingerprint", "sha256")
+    digest = hmac.digest(fingerprint_key, credential, "sha256")[:16]
+    mark = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return sign(key, base64_encode(json.dumps([user, method, mark])), at=at)
+
+
+#: Session keys a careless hand could write, each shorter than the 43 bytes the guard generates.
+WEAK_KEYS = [
+    pytest.param(b"k", id="one-byte"),
+    pytest.param(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEF", id="42-bytes"),
+    pytest.param(b"  k\n\n", id="one-byte-padded"),
+]
+
+
+@pytest.mark.parametrize("key", WEAK_KEYS)
+@pytest.mark.parametrize(("method", "user"), [("token", None), ("pam", "root"), ("password", "a")])
+def test_a_short_session_key_issues_and_accepts_no_cookie(
+    codec: SessionCodec,
+    key_file: SecretFile,
+    clock: Clock,
+    credentials: Credentials,
+    key: bytes,
+    method: SessionMethod,
+    user: str | None,
+) -> None:
+    """Even where the key file itself allows any length (here: no ``min_length``), the codec
+    refuses a key a guesser could find online, one forged cookie at a time."""
+    earlier = issue(codec, method, user)
+    key_file.write(key)
+    credential = credentials(method)
+    assert credential is not None
+    assert codec.issue(user=user, method=method, credential=credential) is None
+    assert codec.fingerprint(credential) is None
+    assert codec.open(earlier, credentials) is None
+    clock.now = T0 + 1
+    assert codec.open(forged_with(key.strip(), method, user, credential), credentials) is None
+
+
+def test_a_session_key_as_long_as_a_generated_one_works(
+    codec: SessionCodec, key_file: SecretFile, credentials: Credentials
+) -> None:
+    key_file.write(b"K" * 43)  # only the length is checked: a hand-written key must be random
+    cookie = issue(codec, "pam", "root")
+    assert codec.open(cookie, credentials) is not None
+    # whoever knows the key forges as forged_with does: the refusal above is the length check's
+    assert codec.open(forged_with(b"K" * 43, "pam", "root", b"pam:login"), credentials) is not None
+
+
+@pytest.mark.parametrize("key", [b"k\n", b"a" * 42])
+def test_an_app_with_a_short_session_key_issues_and_accepts_no_cookie(
+    tmp_path: Path, key: bytes
+) -> None:
+    app = make_app(tmp_path / "state")
+    state = app.extensions["tailnet"]
+    token = state.token_file.ensure()
+    client = app.test_client(use_cookies=False)  # each request carries the cookie it is given
+
+    def get(path: str = "/", cookie: str | None = None) -> Any:
+        headers = {} if cookie is None else {"Cookie": f"tailnet_session={cookie}"}
+        return call(client, path, peer=TAILNET_PEER, host=TAILNET_HOST, headers=headers)
+
+    link = get(f"/?token={token.decode()}")
+    assert link.status_code == 303
+    earlier = link.headers["Set-Cookie"].partition("tailnet_session=")[2].partition(";")[0]
+    assert get(cookie=earlier).status_code == 200
+    (tmp_path / "state" / "session_key").write_bytes(key)
+    assert get(cookie=earlier).status_code == 401
+    forged = forged_with(key.strip(), "token", None, token, at=time.time())
+    assert get(cookie=forged).status_code == 401
+    relink = get(f"/?token={token.decode()}")
+    assert relink.status_code == 303
+    assert "tailnet_session=" not in relink.headers.get("Set-Cookie", "")
 
 
 def test_key_file_that_cannot_be_created_fails_closed(
