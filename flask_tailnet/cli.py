@@ -21,7 +21,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
-from .binds import BindRefused, binds_from_env
+from .binds import BindRefused, binds_from_env, check_binds
 from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
 from .masking import mask_uri
@@ -177,7 +177,7 @@ def status_command() -> None:
         + (" (counts per process)" if conf.ratelimit_storage_uri.startswith("memory") else ""),
         f"sessions:         cookie {conf.cookie_name}, {int(conf.session_lifetime)} s",
         f"login page:       {conf.login_prefix}/login",
-        "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind),
+        "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind, conf.network),
     ]
     if state.credentials.pam is not None:
         for line in pam_status(state.credentials.pam):
@@ -189,7 +189,9 @@ def status_command() -> None:
         raise click.exceptions.Exit(1)
 
 
-def _gunicorn_binds(app_binds: tuple[str, ...], app_allows_wildcard: bool) -> str:
+def _gunicorn_binds(
+    app_binds: tuple[str, ...], app_allows_wildcard: bool, network: str
+) -> str:
     """Where ``flask_tailnet.gunicorn`` would listen, as the master decides it: the environment's
     ``TAILNET_BIND`` first, then the app's, then the default (gunicorn's own ``-b`` wins over all,
     and is not known here)."""
@@ -199,6 +201,15 @@ def _gunicorn_binds(app_binds: tuple[str, ...], app_allows_wildcard: bool) -> st
         return f"unusable environment ({exc}); the server would refuse to start"
     if env_binds:
         where = ", ".join(env_binds) + " (TAILNET_BIND in the environment)"
+        try:  # the app's own binds were checked by init_app; the environment's only at start
+            check_binds(
+                [spec for spec in env_binds if not spec.startswith("fd://")],
+                network=network,
+                allow_wildcard=env_allows_wildcard or app_allows_wildcard,
+            )
+        except BindRefused as exc:
+            first = str(exc).splitlines()[0]
+            return f"{where}; the server would refuse to start ({first})"
     else:
         where = ", ".join(app_binds) or "loopback and this machine's tailnet addresses (default)"
     if env_allows_wildcard or app_allows_wildcard:

@@ -838,6 +838,16 @@ def test_url_link_logs_in_to_a_real_server(tailnet_addresses_on_lo: None, tmp_pa
             "unusable environment (",
             id="two-spellings-disagree",
         ),
+        pytest.param(
+            {"TAILNET_BIND": "unix:/run/app.sock"},
+            "the server would refuse to start (refusing to bind 'unix:/run/app.sock'",
+            id="a-unix-socket-in-the-environment",
+        ),
+        pytest.param(
+            {"TAILNET_BIND": "192.168.1.5:8000"},
+            "the server would refuse to start (refusing to bind '192.168.1.5:8000'",
+            id="a-lan-address-in-the-environment",
+        ),
     ],
 )
 def test_status_says_where_gunicorn_would_listen(
