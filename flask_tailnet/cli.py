@@ -189,9 +189,7 @@ def status_command() -> None:
         raise click.exceptions.Exit(1)
 
 
-def _gunicorn_binds(
-    app_binds: tuple[str, ...], app_allows_wildcard: bool, network: str
-) -> str:
+def _gunicorn_binds(app_binds: tuple[str, ...], app_allows_wildcard: bool, network: str) -> str:
     """Where ``flask_tailnet.gunicorn`` would listen, as the master decides it: the environment's
     ``TAILNET_BIND`` first, then the app's, then the default (gunicorn's own ``-b`` wins over all,
     and is not known here)."""
