@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify, render_template_string
+from flask import Flask, jsonify, render_template_string, url_for
 from flask.typing import ResponseReturnValue
 
 from flask_tailnet import TailnetGuard, current_peer
@@ -49,7 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/")
     def index() -> ResponseReturnValue:
-        logout = app.extensions["tailnet"].settings.login_prefix + "/logout"
+        logout = url_for("tailnet.logout")
         return render_template_string(PAGE, peer=current_peer, logout=logout)
 
     @app.get("/api/whoami")
