@@ -1,4 +1,5 @@
-"""A small real app behind flask-tailnet: an HTML page, a JSON endpoint and an exempt health check.
+"""A small real app behind flask-tailnet: an HTML page, a JSON endpoint, an exempt health check and
+an admin view that asks even loopback for a credential.
 
 Run it with ``flask --app example_app run`` (loopback) or
 ``flask --app example_app run --host <your tailnet IP>``; ``flask --app example_app tailnet token``
@@ -65,5 +66,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @guard.exempt
     def health() -> ResponseReturnValue:
         return "ok"
+
+    @app.get("/admin")
+    @guard.login_required
+    def admin() -> ResponseReturnValue:
+        return jsonify(method=current_peer.method, user=current_peer.user)
 
     return app
