@@ -56,6 +56,8 @@ _EXEMPT_ATTR = "_tailnet_exempt"
 _REQUIRED_ATTR = "_tailnet_login_required"
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: What :meth:`TailnetGuard.exempt` marks: a view function, or a blueprint.
+E = TypeVar("E", bound=Callable[..., Any] | Blueprint)
 
 
 class Unauthorized(exceptions.Unauthorized):
@@ -177,7 +179,7 @@ class TailnetGuard:
         devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod
-    def exempt(view: F) -> F:
+    def exempt(view: E) -> E:
         """Serve ``view`` without a credential, or every view of a :class:`~flask.Blueprint`
         (its nested blueprints and its static files included, whenever they are registered). The
         Host check, the network policy, the allowlist, the proxy rules and the cross-site refusal

@@ -34,8 +34,9 @@ class TailnetClient(FlaskClient):
 
     - ``"token"`` sends ``Authorization: Bearer`` with the app's token (created, as
       ``flask tailnet token`` would, when there is none yet);
-    - ``"session"`` holds the session cookie the login page issues now: for the login method in
-      force (see ``flask tailnet status``), as ``user`` when that method is PAM;
+    - ``"session"`` holds the session cookie the login page issues now: with ``user``, a PAM
+      login as that user; without, a login with the password when one is in force (see
+      ``flask tailnet status``), else with the token;
     - ``"password"`` sends Basic with ``password``; ``"pam"`` sends Basic with ``user`` and
       ``password`` (checked by PAM, as in production);
     - ``"loopback"`` sends nothing from a loopback ``peer`` (the loopback bypass serves it);
@@ -98,13 +99,14 @@ class TailnetClient(FlaskClient):
         """Hold the cookie the login page would set after a login by ``user`` now."""
         state = self._state()
         login = state.credentials.resolve().method
-        if login == "pam":
-            if user is None or not state.credentials.pam_user_allowed(user):
+        if user is not None:
+            if login != "pam" or not state.credentials.pam_user_allowed(user):
                 raise ValueError(
-                    f"PAM is the login method: give user= one of TAILNET_PAM_USERS, not {user!r}"
+                    f"user= is for PAM logins, as one of TAILNET_PAM_USERS: the login method "
+                    f"is {login!r}, and {user!r} {'may' if login == 'pam' else 'would'} not log in"
                 )
-        elif user is not None:
-            raise ValueError(f"user= is for PAM logins; the login method is {login!r}")
+        elif login == "pam":
+            login = "token"  # the form takes the token in every mode
         if login == "token":
             state.token_file.ensure()
         credential = state.credentials.credential(login, user)

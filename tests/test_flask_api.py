@@ -5,6 +5,7 @@ exempt blueprints, what ``exempt`` refuses, a second ``init_app``, the login pag
 from __future__ import annotations
 
 import inspect
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,11 @@ def test_example_app_reads_nothing_internal() -> None:
 
 def test_version_comes_from_the_package_metadata() -> None:
     assert flask_tailnet.__version__ == metadata.version("flask-tailnet")
+
+
+def test_the_mit_license_is_in_the_repository_and_the_sdist() -> None:
+    root = Path(__file__).resolve().parent.parent
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "MIT"
+    assert (root / "LICENSE").read_text().startswith("MIT License\n")
+    assert "LICENSE" in pyproject["tool"]["hatch"]["build"]["targets"]["sdist"]["include"]
