@@ -181,7 +181,8 @@ class TailnetGuard:
     @staticmethod
     def exempt(view: E) -> E:
         """Serve ``view`` without a credential, or every view of a :class:`~flask.Blueprint`
-        (its nested blueprints and its static files included, whenever they are registered). The
+        (its nested blueprints and its static files included, whenever they are registered; a view
+        belongs to the blueprint its endpoint's dotted name starts with, as in Flask). The
         Host check, the network policy, the allowlist, the proxy rules and the cross-site refusal
         of the loopback bypass still apply, and :meth:`login_required` wins over it.
 
