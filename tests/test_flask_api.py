@@ -4,6 +4,7 @@ exempt blueprints, what ``exempt`` refuses, a second ``init_app``, the login pag
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from importlib import metadata
@@ -324,3 +325,16 @@ def test_the_mit_license_is_in_the_repository_and_the_sdist() -> None:
     sdist = re.search(r"\[tool\.hatch\.build\.targets\.sdist\]\ninclude = \[(.*)\]", pyproject)
     assert sdist is not None
     assert '"LICENSE"' in sdist.group(1).split(", ")
+
+
+def test_version_from_a_source_tree_never_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    try:
+        assert importlib.reload(flask_tailnet).__version__ == "0+unknown"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(flask_tailnet)
+    assert flask_tailnet.__version__ == metadata.version("flask-tailnet")

@@ -170,3 +170,10 @@ def test_no_session_while_the_session_key_is_unusable(state_dir: Path) -> None:
     key.chmod(0o600)
     with pytest.raises(RuntimeError, match="no session can be issued"):
         app.test_client(method="session")
+
+
+def test_session_cookie_for_an_app_with_a_server_name(state_dir: Path) -> None:
+    app = make(state_dir, allowed_hosts=["app.example"])
+    app.config["SERVER_NAME"] = "app.example:5000"
+    client = app.test_client(method="session")
+    assert who(client)[1] == {"address": DEFAULT_PEER, "method": "session", "user": None}
