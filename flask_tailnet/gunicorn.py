@@ -73,6 +73,16 @@ _log = logging.getLogger("flask_tailnet")
 _FD_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
+#: Why ``--protocol uwsgi`` is refused (see :func:`check`).
+_UWSGI_FIX = (
+    "--protocol uwsgi cannot be guarded: every request comes through the front server on "
+    "loopback, which names the client only in the packet's REMOTE_ADDR (gunicorn drops it), so "
+    "every client would get the loopback bypass and no attempt budget; serve HTTP on "
+    "127.0.0.1:PORT behind the proxy (proxy_pass with X-Forwarded-For) and list 127.0.0.1 in "
+    "TAILNET_TRUSTED_PROXIES"
+)
+
+
 class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
     """gunicorn's logger, but the access log never holds a ``token`` value, an Authorization
     header or a cookie, and the error log (``Error handling request /?token=...``, tracebacks)
@@ -238,7 +248,8 @@ def load_states(server: Any) -> list[GuardState]:
 def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
     """The checked binds of ``server``: its ``bind`` setting, or the sockets it inherits (from
     systemd, or from the master that re-executed it). Raises :class:`BindRefused` naming every
-    refused bind, or when no app uses flask-tailnet."""
+    refused bind, when no app uses flask-tailnet, or under ``--protocol uwsgi`` (its requests
+    all come from the front server on loopback, without a proxy header the guard can believe)."""
     if not states:
         raise BindRefused(
             "the app gunicorn loads does not use flask-tailnet, so nothing would guard it: "
@@ -246,6 +257,8 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
         )
     if _ENV_PROBLEM is not None:
         raise BindRefused(_ENV_PROBLEM)
+    if str(getattr(server.cfg, "protocol", "http")).lower() == "uwsgi":
+        raise BindRefused(_UWSGI_FIX)
     _, allow_env = binds_module.binds_from_env(os.environ)
     app_binds = [state.settings.bind for state in states]
     if list(server.cfg.bind) == bind and not _FROM_ENV and any(app_binds):

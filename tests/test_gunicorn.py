@@ -455,6 +455,61 @@ def test_a_unix_socket_bind_is_refused_at_start(
     assert not path.exists()
 
 
+def _uwsgi_request(port: int, variables: dict[str, str]) -> bytes:
+    """What gunicorn answers to one uwsgi packet (as nginx's ``uwsgi_pass`` sends it)."""
+    body = b"".join(
+        len(part).to_bytes(2, "little") + part
+        for name, value in variables.items()
+        for part in (name.encode(), value.encode())
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\0" + len(body).to_bytes(2, "little") + b"\0" + body)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
+@pytest.mark.parametrize("command", [None, SERVE], ids=["gunicorn", "serve"])
+def test_the_uwsgi_protocol_is_refused_at_start(command: list[str] | None, tmp_path: Path) -> None:
+    """With ``--protocol uwsgi`` every request comes through the front server on loopback, which
+    names the client only in the packet's ``REMOTE_ADDR`` (gunicorn drops it) and sends no proxy
+    header with nginx's stock ``uwsgi_params``: each tailnet peer got the loopback bypass (200,
+    method ``loopback``) and no budget. The start is refused instead, with the fix."""
+    port = free_port()
+    args = ["--no-control-socket", "-w", "1", "--protocol", "uwsgi", "-b", f"127.0.0.1:{port}"]
+    server = start_gunicorn(
+        [*args, *([] if command else [*CONFIG, EXAMPLE_APP])],
+        env=gunicorn_env(tmp_path / "state"),
+        stderr_path=tmp_path / "gunicorn.log",
+        command=command,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and not accepts("127.0.0.1", port):
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        if server.proc.poll() is None:  # it serves: show what a tailnet peer gets through nginx
+            time.sleep(1)  # the worker boots
+            answer = _uwsgi_request(
+                port,
+                {
+                    "REQUEST_METHOD": "GET",
+                    "PATH_INFO": "/api/whoami",
+                    "REQUEST_URI": "/api/whoami",
+                    "QUERY_STRING": "",
+                    "SERVER_PROTOCOL": "HTTP/1.1",
+                    "REMOTE_ADDR": "100.64.106.2",
+                    "HTTP_HOST": "localhost",
+                },
+            )
+            pytest.fail(f"served under --protocol uwsgi: {answer!r}")
+    finally:
+        server.kill()
+    stderr = server.stderr()
+    assert server.proc.returncode != 0, stderr
+    assert "refusing to serve: --protocol uwsgi cannot be guarded" in stderr
+    assert "list 127.0.0.1 in TAILNET_TRUSTED_PROXIES" in stderr
+    assert "Booting worker" not in stderr
+
+
 def test_this_machines_own_address_is_refused(tmp_path: Path) -> None:
     """An address of a real interface (``ip -j addr``), checked without any traffic to it: only
     the LISTEN table is read. Without one, a documentation address added to lo stands in."""
