@@ -142,8 +142,10 @@ class AttemptBudget:
                     if wait:
                         return Spent(allowed=False, retry_after=wait)
                     # ``hit`` is bool() of the storage's answer, so a server that answers "OK"
-                    # to everything would allow every attempt; the window it reports shows it
-                    self._window(item, part)
+                    # to everything would allow every attempt; the window it reports shows it,
+                    # and so does one that forgets the attempt it has just taken
+                    if self._window(item, part)[1] >= item.amount:
+                        raise NonsenseAnswer("its window is empty right after it took an attempt")
         except Exception as exc:  # any storage failure must refuse, not escape
             self._storage_failed(exc)
             return Spent(allowed=False, retry_after=self._unknown_wait)
