@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +36,7 @@ from .conftest import make_app
 from .gunicorn_helpers import (
     CONFIG,
     EXAMPLE_APP,
+    GUNICORN,
     Gunicorn,
     accepts,
     addresses_on_lo,
@@ -626,6 +628,49 @@ def test_login_links_are_printed_to_a_terminal_only(
         assert "not a terminal" in seen
     if error_log.exists():
         assert token not in error_log.read_text()
+
+
+#: gunicorn as a container's main process (``docker run -t``, compose ``tty: true``): PID 1 of
+#: its own PID namespace, on a terminal that the container runtime's log records.
+IN_A_NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        pytest.param([], id="gunicorn-is-pid-1"),
+        pytest.param(["sh", "-c", '"$@"; true', "sh"], id="under-an-init-that-is-pid-1"),
+    ],
+)
+def test_login_links_are_not_printed_to_a_containers_terminal(
+    wrapper: list[str], tmp_path: Path
+) -> None:
+    """The terminal of a container's first process is kept by the container runtime
+    (``docker logs``): the links went there. A hint instead, as for a file or a pipe."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a new PID namespace needs root and unshare (util-linux)")
+    port = free_port("127.0.0.1")
+    state_dir = tmp_path / "state"
+    server = start_gunicorn(
+        ["-b", f"127.0.0.1:{port}", "-w", "1", "--no-control-socket", *CONFIG, EXAMPLE_APP],
+        env=gunicorn_env(state_dir),
+        stderr_path=tmp_path / "stderr.log",
+        command=[*IN_A_NEW_PID_NAMESPACE, *wrapper, *GUNICORN],
+        stderr="pty",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not accepts("127.0.0.1", port, 0.5) or _status(port) != 200:
+            assert server.proc.poll() is None, server.stderr()
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        token = _token(state_dir)
+    finally:
+        server.kill()
+    seen = server.stderr()
+    assert token not in seen, seen
+    assert seen.count(GUNICORN_HINT.format(port=port)) == 1, seen
 
 
 def _status(port: int) -> int | None:
