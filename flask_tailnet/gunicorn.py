@@ -16,6 +16,7 @@ The decisions live in :mod:`flask_tailnet.binds`; this module only adapts them t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -82,6 +83,32 @@ _UWSGI_FIX = (
     "127.0.0.1:PORT behind the proxy (proxy_pass with X-Forwarded-For) and list 127.0.0.1 in "
     "TAILNET_TRUSTED_PROXIES"
 )
+
+
+def proxy_protocol_problem(cfg: Any) -> str | None:
+    """Why gunicorn's PROXY protocol settings may not be served, or ``None``. With
+    ``--proxy-protocol`` on, gunicorn sets ``REMOTE_ADDR`` to the address a PROXY header names, so
+    a sender allowed by ``--proxy-allow-from`` picks the address the guard judges (``127.0.0.1``
+    gets the loopback bypass). Refused: any allowed sender that is not a loopback address or a
+    network of loopback addresses only (``*``, a tailnet or LAN range)."""
+    if str(getattr(cfg, "proxy_protocol", "off")).lower() in ("off", "false", "none", "0"):
+        return None
+    allowed = getattr(cfg, "proxy_allow_ips", None) or []
+    for entry in [allowed] if isinstance(allowed, str) else allowed:
+        try:
+            network = ipaddress.ip_network(str(entry).strip(), strict=False)
+        except ValueError:
+            network = None
+        if network is None or not (
+            network.network_address.is_loopback and network.broadcast_address.is_loopback
+        ):
+            return (
+                f"--proxy-protocol with --proxy-allow-from {str(entry)[:60]!r}: whoever may "
+                "send a PROXY header picks the client address flask-tailnet sees (127.0.0.1 gets "
+                "the loopback bypass); allow only the proxy on this machine (127.0.0.1,::1, the "
+                "default)"
+            )
+    return None
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -249,8 +276,9 @@ def load_states(server: Any) -> list[GuardState]:
 def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
     """The checked binds of ``server``: its ``bind`` setting, or the sockets it inherits (from
     systemd, or from the master that re-executed it). Raises :class:`BindRefused` naming every
-    refused bind, when no app uses flask-tailnet, or under ``--protocol uwsgi`` (its requests
-    all come from the front server on loopback, without a proxy header the guard can believe)."""
+    refused bind, when no app uses flask-tailnet, under ``--protocol uwsgi`` (its requests all
+    come from the front server on loopback, without a proxy header the guard can believe), and
+    for PROXY protocol senders other than loopback (see :func:`proxy_protocol_problem`)."""
     if not states:
         raise BindRefused(
             "the app gunicorn loads does not use flask-tailnet, so nothing would guard it: "
@@ -260,6 +288,9 @@ def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
         raise BindRefused(_ENV_PROBLEM)
     if str(getattr(server.cfg, "protocol", "http")).lower() == "uwsgi":
         raise BindRefused(_UWSGI_FIX)
+    proxy_problem = proxy_protocol_problem(server.cfg)
+    if proxy_problem is not None:
+        raise BindRefused(proxy_problem)
     _, allow_env = binds_module.binds_from_env(os.environ)
     app_binds = [state.settings.bind for state in states]
     if list(server.cfg.bind) == bind and not _FROM_ENV and any(app_binds):

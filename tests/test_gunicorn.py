@@ -512,6 +512,42 @@ def test_the_uwsgi_protocol_is_refused_at_start(command: list[str] | None, tmp_p
     assert "Booting worker" not in stderr
 
 
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        pytest.param("*", id="any-sender"),
+        pytest.param("127.0.0.1,100.64.0.0/10", id="a-tailnet-range"),
+        pytest.param("192.168.0.0/16", id="a-lan-range"),
+    ],
+)
+def test_a_proxy_protocol_from_others_than_loopback_is_refused_at_start(
+    allowed: str, tmp_path: Path
+) -> None:
+    """With ``--proxy-protocol``, the sender of a PROXY header picks ``REMOTE_ADDR``: a tailnet
+    peer allowed to send one claimed ``PROXY TCP4 127.0.0.1 ...`` and got the loopback bypass
+    (200, method ``loopback``, no credential). Only loopback senders may be allowed."""
+    port = free_port()
+    args = ["--no-control-socket", "-w", "1", "-b", f"127.0.0.1:{port}"]
+    args += ["--proxy-protocol", "v1", "--proxy-allow-from", allowed]
+    server = start_gunicorn(
+        [*args, *CONFIG, EXAMPLE_APP],
+        env=gunicorn_env(tmp_path / "state"),
+        stderr_path=tmp_path / "gunicorn.log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and not accepts("127.0.0.1", port):
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        assert server.proc.poll() is not None, f"served with --proxy-allow-from {allowed}"
+    finally:
+        server.kill()
+    stderr = server.stderr()
+    assert server.proc.returncode != 0, stderr
+    assert "refusing to serve: --proxy-protocol" in stderr
+    assert "Booting worker" not in stderr
+
+
 def test_this_machines_own_address_is_refused(tmp_path: Path) -> None:
     """An address of a real interface (``ip -j addr``), checked without any traffic to it: only
     the LISTEN table is read. Without one, a documentation address added to lo stands in."""
