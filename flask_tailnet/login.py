@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_plus
 
 from flask import Blueprint, make_response, redirect, render_template, request
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.wrappers import Response
 
 from . import accept
@@ -77,6 +77,20 @@ def query_text(environ: WSGIEnvironment) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("The query string is not UTF-8.") from None
+
+
+def read_form() -> None:
+    """Parse the request's form now. Raises :class:`~werkzeug.exceptions.BadRequest` (400) when
+    the server cannot read the body: on a malformed chunked body werkzeug's development server
+    raises ``OSError`` from the input stream, gunicorn its own ``ParseException``, and werkzeug's
+    form parser lets either through (a 500, with a traceback in the log). werkzeug's own HTTP
+    errors (a 400, a 413) pass as they are."""
+    try:
+        request.form  # noqa: B018 - parsed and cached by werkzeug
+    except HTTPException:
+        raise
+    except Exception:  # whatever the server's input stream raises: the body is unreadable
+        raise BadRequest("The request body could not be read.") from None
 
 
 def set_session_cookie(response: Response, state: GuardState, value: str, https: bool) -> None:
@@ -189,6 +203,7 @@ def blueprint(
     @bp.post("/login")
     @exempt
     def login_submit() -> Response:
+        read_form()  # before any page() reads request.values
         if refuse_cross_site():
             return page(error="This sign-in came from another site and was refused.", status=403)
         presented_csrf = request.form.get("csrf", "")
