@@ -26,13 +26,10 @@ from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
 from .masking import mask_uri
 from .pamauth import pam_status
-from .passwords import _MAX_PRESENTED
+from .passwords import password_problem
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
 
 tailnet = AppGroup("tailnet", help="flask-tailnet: the guard's token, password and state.")
-
-#: The longest password the login checks accept; a longer one could be set but never used.
-MAX_PASSWORD_LENGTH = _MAX_PRESENTED
 
 
 def _state() -> GuardState:
@@ -110,21 +107,6 @@ def password_command(generate: bool, remove: bool) -> None:
     _say_method(state)
     if generate:
         click.echo(password)
-
-
-def password_problem(password: str) -> str | None:
-    """Why ``password`` could never log anyone in (the login checks refuse it), or ``None``."""
-    if not password.strip():
-        return "an empty password"
-    if "\x00" in password:
-        return "a password with a NUL character"
-    if len(password) > MAX_PASSWORD_LENGTH:
-        return f"a password longer than {MAX_PASSWORD_LENGTH} characters"
-    try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        return "a password that is not valid text (check the terminal's encoding)"
-    return None
 
 
 def _say_method(state: GuardState) -> None:

@@ -26,7 +26,30 @@ from .secretfile import SecretFile
 
 PASSWORD_FILE = "password"  # noqa: S105 - a file name
 _HASH_PREFIXES = (b"scrypt:", b"pbkdf2:")
-_MAX_PRESENTED = 1024
+
+#: The longest password, in characters, that a login accepts and ``flask tailnet password`` sets.
+MAX_PASSWORD_LENGTH = 1024
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` is refused, or ``None``: the one set of rules for a password that is set
+    (``flask tailnet password``) and for one presented at a login (:meth:`PasswordSource.verify`).
+
+    Refused: an empty password or one of only whitespace, a NUL character (HMAC pads keys with
+    NULs, so "pw\\0" would match a hash of "pw"), more than :data:`MAX_PASSWORD_LENGTH`
+    characters, and text that cannot be encoded as UTF-8 (a lone surrogate from a bad locale).
+    """
+    if not password.strip():
+        return "an empty password"
+    if "\x00" in password:
+        return "a password with a NUL character"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"a password longer than {MAX_PASSWORD_LENGTH} characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a password that is not valid text (check the terminal's encoding)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +119,12 @@ class PasswordSource:
         return bool(self._variable())
 
     def verify(self, presented: str) -> bool:
-        """True if ``presented`` is the password in force. False when there is none, for an empty
-        or over-long attempt, one with a NUL byte, and anything that cannot be encoded; never
-        raises."""
+        """True if ``presented`` is the password in force. False when there is none, and for an
+        attempt that :func:`password_problem` refuses; never raises."""
         password = self.current()
-        if password is None or not presented or len(presented) > _MAX_PRESENTED:
+        if password is None or password_problem(presented) is not None:
             return False
-        if "\x00" in presented:  # HMAC pads keys with NULs: "pw\0" would match a hash of "pw"
-            return False
-        try:
-            attempt = presented.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
+        attempt = presented.encode("utf-8")
         if password.hashed:
             try:
                 return check_password_hash(password.stored.decode("ascii"), presented)

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from werkzeug.security import generate_password_hash
 
-from flask_tailnet.passwords import Password, PasswordSource
+from flask_tailnet.passwords import (
+    MAX_PASSWORD_LENGTH,
+    Password,
+    PasswordSource,
+    password_problem,
+)
 from flask_tailnet.secretfile import SecretFile
 
 
@@ -120,3 +125,38 @@ def test_the_same_bytes_from_the_other_source_keep_their_origin(tmp_path: Path) 
     assert source.current() == Password("env", b"same")
     environ.clear()
     assert source.current() == Password("file", b"same")
+
+
+LONGEST = "p" * MAX_PASSWORD_LENGTH
+
+#: (password, a word of the refusal or None): one table for what may be set and what logs in.
+PASSWORD_RULES = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("   ", "empty", id="spaces"),
+    pytest.param("a\x00", "NUL", id="nul"),
+    pytest.param("a" * (MAX_PASSWORD_LENGTH + 1), "longer", id="too-long"),
+    pytest.param("caf\udce9", "not valid text", id="lone-surrogate-from-a-bad-locale"),
+    pytest.param(" padded ", None, id="surrounding-spaces-kept"),
+    pytest.param("ünïcødé ✓", None, id="unicode"),
+    pytest.param(LONGEST, None, id="longest-accepted"),
+]
+
+
+@pytest.mark.parametrize(("password", "problem"), PASSWORD_RULES)
+def test_password_problem_table(password: str, problem: str | None) -> None:
+    found = password_problem(password)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+@pytest.mark.parametrize(("password", "problem"), PASSWORD_RULES)
+def test_a_login_refuses_what_cannot_be_set(password: str, problem: str | None) -> None:
+    """The login and ``flask tailnet password`` follow the same rules: a password that could not
+    be set never logs in, even where the variable holds exactly it."""
+    source = PasswordSource(
+        "TEST_PW", SecretFile(Path("/nonexistent"), "password"), {"TEST_PW": password}
+    )
+    assert source.verify(password) is (problem is None)

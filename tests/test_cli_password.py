@@ -1,0 +1,240 @@
+"""``flask tailnet password``: the prompt, the rules a password must meet, --generate and --remove,
+and the refusals of an unsafe state directory or password file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskCliRunner
+
+from flask_tailnet.cli import tailnet
+from flask_tailnet.passwords import MAX_PASSWORD_LENGTH
+
+from .cli_helpers import (
+    directory_under_a_file,
+    linked_directory,
+    password_login,
+    state_of,
+)
+from .conftest import make_app
+
+
+def test_password_prompts_twice_and_stores_a_hash(password_app: Flask) -> None:
+    runner = password_app.test_cli_runner()
+    result = runner.invoke(tailnet, ["password"], input="s3cret pw\ns3cret pw\n")
+    assert result.exit_code == 0, result.output
+    password_file = state_of(password_app).credentials.passwords.file.path
+    stored = password_file.read_text()
+    assert stored.startswith("scrypt:")
+    assert "s3cret pw" not in stored
+    assert (password_file.stat().st_mode & 0o777) == 0o600
+    assert result.stdout == ""  # nothing on stdout but a generated password
+    assert "s3cret pw" not in result.stderr  # hide_input: the prompt echoes nothing
+    assert result.stderr.count("New password:") == 1
+    assert "Repeat for confirmation:" in result.stderr
+
+
+def test_password_set_under_a_variable_says_the_variable_wins(password_app: Flask) -> None:
+    result = password_app.test_cli_runner().invoke(tailnet, ["password"], input="x1\nx1\n")
+    assert result.exit_code == 0
+    assert (
+        "login method now: password (a password is set in the environment variable "
+        "TAILNET_TEST_PASSWORD)"
+    ) in result.stderr
+
+
+LONGEST = "p" * MAX_PASSWORD_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        pytest.param("one\ntwo\n", "do not match", id="confirmation-mismatch"),
+        pytest.param("\n\n", "Aborted", id="empty-reprompts-until-eof"),
+        pytest.param(" \n \n", "refusing an empty password", id="blank"),
+        pytest.param("\t \t\n\t \t\n", "refusing an empty password", id="only-whitespace"),
+        pytest.param("pw\x00x\npw\x00x\n", "NUL character", id="nul-byte"),
+        pytest.param(
+            f"{LONGEST}x\n{LONGEST}x\n",
+            f"longer than {MAX_PASSWORD_LENGTH} characters",
+            id="longer-than-the-login-accepts",
+        ),
+    ],
+)
+def test_password_refused_writes_nothing(
+    password_app: Flask, state_dir: Path, given: str, message: str
+) -> None:
+    result = password_app.test_cli_runner().invoke(tailnet, ["password"], input=given)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert not (state_dir / "password").exists()
+
+
+def test_password_mismatch_then_match_is_written(password_app: Flask, state_dir: Path) -> None:
+    result = password_app.test_cli_runner().invoke(
+        tailnet, ["password"], input="one\ntwo\nthree\nthree\n"
+    )
+    assert result.exit_code == 0
+    assert "do not match" in result.stderr
+    assert password_login(state_dir, "three")
+    assert not password_login(state_dir, "one")
+
+
+@pytest.mark.parametrize(
+    "password", [pytest.param(LONGEST, id="longest"), pytest.param(" ünï cødé ", id="unicode")]
+)
+def test_every_accepted_password_logs_in(
+    runner: FlaskCliRunner, state_dir: Path, password: str
+) -> None:
+    result = runner.invoke(tailnet, ["password"], input=f"{password}\n{password}\n")
+    assert result.exit_code == 0, result.output
+    assert password_login(state_dir, password)
+    assert not password_login(state_dir, password.strip() + "x")
+
+
+def test_password_generate_prints_it_once_and_it_logs_in(state_dir: Path) -> None:
+    app = make_app(state_dir, auth="token")
+    result = app.test_cli_runner().invoke(tailnet, ["password", "--generate"])
+    assert result.exit_code == 0
+    generated = result.stdout.strip()
+    assert result.stdout == generated + "\n"  # the password and nothing else
+    assert len(generated) >= 20
+    assert generated not in result.stderr
+    stored = (state_dir / "password").read_text()
+    assert stored.startswith("scrypt:")
+    assert generated not in stored
+    assert ((state_dir / "password").stat().st_mode & 0o777) == 0o600
+    assert password_login(state_dir, generated)
+    assert not password_login(state_dir, generated[:-1])
+    # In token mode the password is kept for later but logs nobody in; the command says so.
+    assert "login method now: token (TAILNET_AUTH is 'token')" in result.stderr
+    assert state_of(app).credentials.check(None, generated) is None
+
+
+def test_password_generate_again_replaces_the_old_one(
+    runner: FlaskCliRunner, state_dir: Path
+) -> None:
+    first = runner.invoke(tailnet, ["password", "--generate"]).stdout.strip()
+    second = runner.invoke(tailnet, ["password", "--generate"]).stdout.strip()
+    assert first != second
+    assert password_login(state_dir, second)
+    assert not password_login(state_dir, first)
+
+
+def test_password_remove_twice(password_app: Flask, state_dir: Path) -> None:
+    runner = password_app.test_cli_runner()
+    runner.invoke(tailnet, ["password", "--generate"])
+    first = runner.invoke(tailnet, ["password", "--remove"])
+    second = runner.invoke(tailnet, ["password", "--remove"])
+    assert first.exit_code == second.exit_code == 0
+    assert first.stdout == second.stdout == ""
+    assert f"removed {state_dir / 'password'}" in first.stderr
+    assert f"{state_dir / 'password'} was absent" in second.stderr
+    assert not (state_dir / "password").exists()
+
+
+def test_password_remove_without_a_state_directory_creates_none(
+    runner: FlaskCliRunner, state_dir: Path
+) -> None:
+    result = runner.invoke(tailnet, ["password", "--remove"])
+    assert result.exit_code == 0
+    assert "was absent" in result.stderr
+    assert not state_dir.exists()
+
+
+def test_password_generate_and_remove_exclude_each_other(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(tailnet, ["password", "--generate", "--remove"])
+    assert result.exit_code == 2
+    assert "exclude each other" in result.stderr
+
+
+def _open_directory(state_dir: Path) -> str:
+    os.chmod(state_dir, 0o755)
+    return f"chmod 700 {state_dir}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["password"], ["password", "--generate"], ["password", "--remove"]],
+    ids=" ".join,
+)
+@pytest.mark.parametrize(
+    ("spoil", "directory"),
+    [
+        pytest.param(_open_directory, "state", id="directory-open-to-others"),
+        pytest.param(linked_directory, "state", id="directory-is-a-symlink"),
+        pytest.param(directory_under_a_file, "file/state", id="directory-under-a-file"),
+    ],
+)
+def test_password_refuses_an_unsafe_state_directory_before_prompting(
+    tmp_path: Path,
+    args: list[str],
+    spoil: Callable[[Path], str],
+    directory: str,
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    fix = spoil(state_dir)
+    app = make_app(tmp_path / directory, auth="token")
+    result = app.test_cli_runner().invoke(tailnet, args, input="pw\npw\n")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "New password" not in result.stderr
+    assert fix in result.stderr
+    assert str(tmp_path / directory) in result.stderr
+    assert not (tmp_path / directory / "password").exists()
+
+
+def _link_password_elsewhere(password_file: Path) -> None:
+    target = password_file.parent.parent / "elsewhere"
+    target.write_text("not a secret\n")
+    password_file.unlink()
+    password_file.symlink_to(target)
+
+
+def _give_password_away(password_file: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    os.chown(password_file, 65534, 65534)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda p: os.chmod(p, 0o644), id="world-readable"),
+        pytest.param(lambda p: p.write_text("\n"), id="empty"),
+        pytest.param(_link_password_elsewhere, id="symlink"),
+        pytest.param(_give_password_away, id="other-owner"),
+    ],
+)
+def test_password_replaces_an_unusable_password_file_with_a_safe_one(
+    runner: FlaskCliRunner, state_dir: Path, spoil: Callable[[Path], object]
+) -> None:
+    runner.invoke(tailnet, ["password", "--generate"])
+    spoil(state_dir / "password")
+    result = runner.invoke(tailnet, ["password"], input="new one\nnew one\n")
+    assert result.exit_code == 0, result.output
+    assert f"replaced {state_dir / 'password'}, unusable as it was" in result.stderr
+    st = (state_dir / "password").lstat()
+    assert stat.S_ISREG(st.st_mode)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, os.geteuid())
+    assert password_login(state_dir, "new one")
+    if (state_dir.parent / "elsewhere").exists():  # a link is replaced, its target left alone
+        assert (state_dir.parent / "elsewhere").read_text() == "not a secret\n"
+
+
+def test_password_file_that_is_a_directory_is_an_error(
+    runner: FlaskCliRunner, state_dir: Path
+) -> None:
+    (state_dir / "password").mkdir(parents=True)
+    os.chmod(state_dir, 0o700)
+    result = runner.invoke(tailnet, ["password", "--generate"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert f"cannot write {state_dir / 'password'}: Is a directory; fix" in result.stderr
