@@ -123,9 +123,11 @@ def status_command() -> None:
     state = _state()
     conf = state.settings
     resolution = state.credentials.resolve()
+    unusable = state.credentials.unusable()
     unsafe = False
     lines = [
         f"login method:     {resolution.method} ({resolution.why}; TAILNET_AUTH={conf.auth})",
+        *([f"                  UNUSABLE, nobody logs in with it: {unusable}"] if unusable else []),
         "bearer token:     accepted in every mode",
         f"state directory:  {conf.state_dir}",
     ]
@@ -166,8 +168,11 @@ def status_command() -> None:
             unsafe = unsafe or line.unsafe
             lines.append(f"{line.label + ':' if line.label else '':<17} {line.text}")
     click.echo("\n".join(lines))
+    if unusable:
+        click.echo("the login method logs nobody in: see the line marked UNUSABLE", err=True)
     if unsafe:
         click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
+    if unsafe or unusable:
         raise click.exceptions.Exit(1)
 
 

@@ -238,3 +238,13 @@ def test_password_file_that_is_a_directory_is_an_error(
     assert result.exit_code == 1
     assert result.stdout == ""
     assert f"cannot write {state_dir / 'password'}: Is a directory; fix" in result.stderr
+
+
+def test_password_sets_the_first_password_of_an_app_in_password_mode(state_dir: Path) -> None:
+    """TAILNET_AUTH="password" with no password yet loads the app, so the command that sets the
+    password runs; the first login works at once."""
+    app = make_app(state_dir, auth="password", password_env="TAILNET_UNSET_FOR_TESTS")
+    result = app.test_cli_runner().invoke(tailnet, ["password"], input="first one\nfirst one\n")
+    assert result.exit_code == 0, result.output
+    assert "login method now: password (a password is set in the password file" in result.stderr
+    assert state_of(app).credentials.check(None, "first one") == ("password", None)

@@ -291,3 +291,44 @@ def test_status_says_where_gunicorn_would_listen(
         monkeypatch.setenv(name, value)
     result = app.test_cli_runner().invoke(tailnet, ["status"])
     assert expected in status_value(result.stdout, "gunicorn binds")
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        pytest.param(
+            {"auth": "pam", "pam_service": "no-such-service-x"},
+            "TAILNET_AUTH is 'pam', but PAM cannot be used: no PAM service file",
+            id="pam-unusable",
+        ),
+        pytest.param(
+            {"auth": "password", "password_env": "UNSET_TAILNET_X"},
+            "TAILNET_AUTH is 'password', but no password is set: every password login is "
+            "refused until one is; set the variable UNSET_TAILNET_X of the server, or run "
+            "`flask tailnet password`",
+            id="password-missing",
+        ),
+    ],
+)
+def test_status_exits_non_zero_when_the_login_method_logs_nobody_in(
+    state_dir: Path, settings: dict[str, str], reason: str
+) -> None:
+    result = make_app(state_dir, **settings).test_cli_runner().invoke(tailnet, ["status"])
+    assert result.exit_code == 1
+    [login_method] = [v for label, v in status_entries(result.stdout) if label == "login method"]
+    assert login_method[1].startswith("UNUSABLE, nobody logs in with it: ")
+    assert reason in login_method[1]
+    assert "logs nobody in: see the line marked UNUSABLE" in result.stderr
+
+
+def test_status_is_fine_once_the_password_is_set(state_dir: Path) -> None:
+    app = make_app(state_dir, auth="password", password_env="UNSET_TAILNET_X")
+    runner = app.test_cli_runner()
+    assert runner.invoke(tailnet, ["status"]).exit_code == 1
+    assert runner.invoke(tailnet, ["password", "--generate"]).exit_code == 0
+    result = runner.invoke(tailnet, ["status"])
+    assert result.exit_code == 0, result.output
+    assert "UNUSABLE" not in result.output
+    assert status_value(result.stdout, "login method").startswith(
+        f"password (a password is set in the password file {state_dir / 'password'}"
+    )
