@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from werkzeug.security import generate_password_hash
 
+from flask_tailnet import passwords as passwords_module
 from flask_tailnet.passwords import (
     MAX_PASSWORD_LENGTH,
     Password,
@@ -96,11 +99,37 @@ def test_file_changes_take_effect_without_restart(tmp_path: Path) -> None:
     assert source.current() is None
 
 
+def _other_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(passwords_module, "_CPYTHON", False)
+
+
+def _environ_data_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(passwords_module, "posix", SimpleNamespace(environ={}))
+
+
+@pytest.mark.parametrize(
+    ("where", "fast"),
+    [
+        pytest.param(
+            lambda monkeypatch: None, True, id="cpython-reads-the-bytes-behind-os.environ"
+        ),
+        pytest.param(_other_interpreter, False, id="another-interpreter-reads-os.environ"),
+        pytest.param(_environ_data_elsewhere, False, id="private-data-not-posix.environ"),
+    ],
+)
 def test_the_process_environment_is_read_at_every_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: Callable[[pytest.MonkeyPatch], None],
+    fast: bool,
 ) -> None:
-    """os.environ is read through its fast path (the bytes mapping behind it); every way of
-    changing it is seen by the next check."""
+    """os.environ is read through its fast path (the bytes mapping behind it) on CPython only,
+    else through os.environ itself; either way every way of changing it is seen by the next
+    check."""
+    where(monkeypatch)
+    data = passwords_module.cpython_environ_bytes(os.environ)
+    assert (data is getattr(os.environ, "_data", None)) if fast else (data is None)
+    assert passwords_module.cpython_environ_bytes(dict(os.environ)) is None
     monkeypatch.delenv("TAILNET_TEST_PW", raising=False)
     write_private(tmp_path / "state" / "password", "from-file")
     source = PasswordSource("TAILNET_TEST_PW", SecretFile(tmp_path / "state", "password"))
