@@ -80,3 +80,17 @@ def test_installed_command_on_an_app_without_the_extension(tmp_path: Path) -> No
     assert result.returncode != 0
     assert result.stdout == ""
     assert "does not use flask-tailnet" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["token"], ["password"], ["status"], ["url"], ["serve"]],
+    ids=lambda args: " ".join(["tailnet", *args, "--help"]),
+)
+def test_help_is_plain_text(args: list[str]) -> None:
+    """click shows a docstring as it is: no reStructuredText markup in what --help prints."""
+    result = Flask("plain").test_cli_runner().invoke(tailnet, [*args, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout
+    for markup in ("``", ":func:", ":data:", ":class:", ":mod:", ":meth:"):
+        assert markup not in result.stdout

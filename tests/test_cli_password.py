@@ -1,5 +1,6 @@
-"""``flask tailnet password``: the prompt, the rules a password must meet, --generate and --remove,
-and the refusals of an unsafe state directory or password file."""
+"""``flask tailnet password``: the prompt on a terminal, one line of standard input otherwise, the
+rules a password must meet, --generate and --remove, what it says before writing a password the
+login page will not ask for, and the refusals of an unsafe state directory or password file."""
 
 from __future__ import annotations
 
@@ -12,16 +13,30 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
+from flask_tailnet import cli as cli_module
 from flask_tailnet.cli import tailnet
 from flask_tailnet.passwords import MAX_PASSWORD_LENGTH
 
 from .cli_helpers import (
     directory_under_a_file,
+    flask_cli,
     linked_directory,
     password_login,
     state_of,
 )
-from .conftest import make_app
+from .conftest import PAM_TEST_SERVICE, make_app, pam_service_file
+
+
+@pytest.fixture(autouse=True)
+def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The click runner's standard input is never a terminal: these tests that type at the prompt
+    say it is one (the piped tests below say it is not)."""
+    monkeypatch.setattr(cli_module, "stdin_is_a_terminal", lambda: True)
+
+
+@pytest.fixture
+def piped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_module, "stdin_is_a_terminal", lambda: False)
 
 
 def test_password_prompts_twice_and_stores_a_hash(password_app: Flask) -> None:
@@ -248,3 +263,118 @@ def test_password_sets_the_first_password_of_an_app_in_password_mode(state_dir: 
     assert result.exit_code == 0, result.output
     assert "login method now: password (a password is set in the password file" in result.stderr
     assert state_of(app).credentials.check(None, "first one") == ("password", None)
+
+
+# ---- standard input that is not a terminal: one line, for scripts ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "password"),
+    [
+        pytest.param("from a script\n", "from a script", id="one-line"),
+        pytest.param("no newline at the end", "no newline at the end", id="no-line-ending"),
+        pytest.param("crlf\r\n", "crlf", id="crlf-line-ending"),
+        pytest.param(" padded \n", " padded ", id="spaces-kept"),
+        pytest.param("first\nsecond\n", "first", id="only-the-first-line"),
+        pytest.param(f"{LONGEST}\n", LONGEST, id="longest-accepted"),
+    ],
+)
+def test_password_reads_one_line_when_stdin_is_not_a_terminal(
+    piped: None, runner: FlaskCliRunner, state_dir: Path, given: str, password: str
+) -> None:
+    result = runner.invoke(tailnet, ["password"], input=given)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "New password" not in result.stderr  # no prompt, no confirmation
+    assert password.strip() not in result.stderr  # never echoed
+    assert password_login(state_dir, password)
+    assert not password_login(state_dir, password + "x")
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        pytest.param("", "no password on standard input", id="nothing-at-all"),
+        pytest.param("\n", "refusing an empty password", id="empty-line"),
+        pytest.param(" \t \n", "refusing an empty password", id="blank-line"),
+        pytest.param("pw\x00x\n", "NUL character", id="nul-byte"),
+        pytest.param(f"{LONGEST}x\n", "longer than 1024", id="one-over-the-longest"),
+        pytest.param("x" * 1_000_000, "longer than 1024", id="a-megabyte-without-a-newline"),
+    ],
+)
+def test_password_from_stdin_refused_writes_nothing(
+    piped: None, runner: FlaskCliRunner, state_dir: Path, given: str, message: str
+) -> None:
+    result = runner.invoke(tailnet, ["password"], input=given)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert not (state_dir / "password").exists()
+
+
+def test_installed_password_command_reads_a_pipe_without_a_warning(state_dir: Path) -> None:
+    """A script's ``echo "$PW" | flask tailnet password`` on an app in password mode with no
+    password yet: no GetPassWarning, no abort, nothing echoed, and the password logs in."""
+    result = flask_cli(
+        "tailnet",
+        "password",
+        state_dir=state_dir,
+        env={"FLASK_TAILNET_AUTH": "password"},
+        stdin="piped s3cret\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr
+    assert "piped s3cret" not in result.stdout + result.stderr
+    assert "login method now: password" in result.stderr
+    assert password_login(state_dir, "piped s3cret")
+
+
+# ---- a password the login page will not ask for -------------------------------------------
+
+
+def test_generate_says_first_that_the_token_is_asked_for(state_dir: Path) -> None:
+    result = (
+        make_app(state_dir, auth="token")
+        .test_cli_runner()
+        .invoke(tailnet, ["password", "--generate"])
+    )
+    assert result.exit_code == 0
+    note = "note: the login page will not ask for this password: it asks for the token"
+    assert note in result.stderr
+    assert result.stderr.index(note) < result.stderr.index("wrote a scrypt hash")
+
+
+def test_password_says_first_that_the_variable_wins(password_app: Flask) -> None:
+    result = password_app.test_cli_runner().invoke(tailnet, ["password"], input="x1\nx1\n")
+    assert result.exit_code == 0
+    note = "the variable TAILNET_TEST_PASSWORD is set here"
+    assert note in result.stderr
+    assert result.stderr.index(note) < result.stderr.index("New password:")
+
+
+def test_no_note_when_the_login_page_asks_for_the_file(state_dir: Path) -> None:
+    app = make_app(state_dir, pam_service="no-such-service-x")  # auto, and PAM unusable
+    result = app.test_cli_runner().invoke(tailnet, ["password", "--generate"])
+    assert result.exit_code == 0
+    assert "note:" not in result.stderr
+    assert "login method now: password" in result.stderr
+
+
+@pytest.mark.root
+def test_generate_where_pam_is_usable_says_so_before_writing(state_dir: Path) -> None:
+    """With PAM usable, "auto" logs people in with PAM: a password written now is not asked
+    for, and the command says so before it writes."""
+    if os.geteuid() != 0:
+        pytest.skip("a PAM service file in /etc/pam.d needs root")
+    with pam_service_file(f"flask-tailnet-h9cli-{os.getpid()}", PAM_TEST_SERVICE) as service:
+        app = make_app(state_dir, pam_service=service)
+        result = app.test_cli_runner().invoke(tailnet, ["password", "--generate"])
+    assert result.exit_code == 0
+    note = (
+        "note: the login page will not ask for this password: it asks for a user name and "
+        f"system password (PAM service '{service}' is usable; TAILNET_AUTH=auto); "
+        'set TAILNET_AUTH="password" to log in with it'
+    )
+    assert note in result.stderr
+    assert result.stderr.index(note) < result.stderr.index("wrote a scrypt hash")
+    assert "login method now: pam" in result.stderr

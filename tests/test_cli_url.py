@@ -1,10 +1,12 @@
-"""``flask tailnet url``: login links for localhost and this machine's tailnet addresses."""
+"""``flask tailnet url``: login links for localhost and this machine's tailnet addresses, on the
+port a server of the app uses (found, or said to be assumed)."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,11 +17,21 @@ from flask.testing import FlaskCliRunner
 
 from flask_tailnet import cli as cli_module
 from flask_tailnet.cli import tailnet
+from flask_tailnet.machine import listening_ports_in
 
 from .cli_helpers import (
     flask_cli,
 )
-from .conftest import TAILNET_PEER, addresses_on_lo, call, serving_example_app
+from .conftest import TAILNET_PEER, addresses_on_lo, call, make_app, serving_example_app
+
+
+@pytest.fixture(autouse=True)
+def nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What listens on this machine is not up to the tests (other servers run beside them): in
+    process, nothing does unless a test says so; the port variables are unset."""
+    monkeypatch.setattr(cli_module, "listening_ports", set)
+    for name in ("PORT", "FLASK_RUN_PORT", "TAILNET_BIND"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def fake_addresses(monkeypatch: pytest.MonkeyPatch, addresses: list[str]) -> None:
@@ -134,6 +146,122 @@ def test_url_logs_a_tailnet_browser_in(
     assert after.json["method"] == "session"
 
 
+# ---- which port: the one configured, else the one a server listens on, else said assumed -----
+
+
+@pytest.mark.parametrize(
+    ("bind", "env", "listening", "port", "how"),
+    [
+        pytest.param(
+            [], {"TAILNET_BIND": "127.0.0.1:9001 100.64.0.1:9001"}, {8000}, 9001,
+            "the port of the environment's TAILNET_BIND", id="environment-bind-wins",
+        ),
+        pytest.param(
+            ["127.0.0.1:9002"], {}, {8000}, 9002, "the port of the app's TAILNET_BIND",
+            id="app-bind",
+        ),
+        pytest.param(
+            ["127.0.0.1:9003", "100.64.0.1:9004"], {}, {8000}, 8000,
+            "something listens on it here, the default port of flask tailnet serve",
+            id="binds-on-two-ports-say-nothing",
+        ),
+        pytest.param(
+            [], {"TAILNET_BIND": "unix:/run/app.sock"}, {5000}, 5000,
+            "something listens on it here, the default port of flask run", id="unix-bind-no-port",
+        ),
+        pytest.param(
+            [], {}, {8000, 22}, 8000,
+            "something listens on it here, the default port of flask tailnet serve",
+            id="serve-listening",
+        ),
+        pytest.param(
+            [], {}, {5000}, 5000, "something listens on it here, the default port of flask run",
+            id="flask-run-listening",
+        ),
+        pytest.param(
+            [], {"PORT": "9100"}, {9100, 8000}, 9100,
+            "something listens on it here, the default port of flask tailnet serve",
+            id="serve-on-dollar-port",
+        ),
+        pytest.param(
+            [], {"FLASK_RUN_PORT": "9200"}, {9200, 5000}, 9200,
+            "something listens on it here, the default port of flask run",
+            id="flask-run-on-its-variable",
+        ),
+        pytest.param(
+            [], {}, {8000, 5000}, 5000,
+            "assumed, the port of flask run (something listens on both of 8000 or 5000 here)",
+            id="both-listening-is-ambiguous",
+        ),
+        pytest.param(
+            [], {}, set(), 5000,
+            "assumed, the port of flask run (nothing listens on either of 8000 or 5000 here)",
+            id="nothing-listening",
+        ),
+        pytest.param(
+            [], {"PORT": "http", "FLASK_RUN_PORT": "x"}, {8000}, 8000,
+            "something listens on it here, the default port of flask tailnet serve",
+            id="junk-port-variables-are-ignored",
+        ),
+    ],
+)  # fmt: skip
+def test_url_finds_the_port_or_says_what_it_assumed(
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bind: list[str],
+    env: dict[str, str],
+    listening: set[int],
+    port: int,
+    how: str,
+) -> None:
+    fake_addresses(monkeypatch, ["100.64.0.1"])
+    monkeypatch.setattr(cli_module, "listening_ports", lambda: set(listening))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = make_app(state_dir, bind=bind) if bind else make_app(state_dir)
+    result = app.test_cli_runner().invoke(tailnet, ["url"])
+    assert result.exit_code == 0, result.output
+    assert [urlsplit(u).port for u in result.stdout.splitlines()] == [port, port]
+    assert f"port {port}: {how}; pass --port if the app listens elsewhere" in result.stderr
+
+
+def test_url_with_a_port_says_nothing_about_it(
+    runner: FlaskCliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_addresses(monkeypatch, ["100.64.0.1"])
+    monkeypatch.setattr(cli_module, "listening_ports", lambda: {8000})
+    result = runner.invoke(tailnet, ["url", "--port", "5000"])
+    assert urlsplit(result.stdout.splitlines()[0]).port == 5000
+    assert "pass --port" not in result.stderr
+
+
+#: A /proc/net/tcp6 table: a listener on [::1]:5000 and on [::]:8443, a connection from port 8000.
+PROC_TCP6 = """  sl  local_address                         remote_address       st tx_queue
+   0: 00000000000000000000000001000000:1388 00000000000000000000000000000000:0000 0A 00000000
+   1: 00000000000000000000000000000000:20FB 00000000000000000000000000000000:0000 0A 00000000
+   2: 0000000000000000FFFF00000100007F:1F40 0000000000000000FFFF00000100007F:D2F0 01 00000000
+"""
+
+
+@pytest.mark.parametrize(
+    ("table", "ports"),
+    [
+        pytest.param(PROC_TCP6, {5000, 8443}, id="tcp6-listeners-only"),
+        pytest.param(
+            "  sl  local_address rem_address   st\n   0: 0100007F:1F40 00000000:0000 0A 0\n",
+            {8000},
+            id="tcp4-loopback-listener",
+        ),
+        pytest.param("  sl  local_address rem_address   st\n", set(), id="header-only"),
+        pytest.param("", set(), id="empty"),
+        pytest.param("header\n 0: 0100007F:ZZZZ 00000000:0000 0A\n 1: junk\n", set(), id="junk"),
+        pytest.param("0: 0100007F:1F40 00000000:0000 0A\n", set(), id="first-line-is-header"),
+    ],
+)
+def test_listening_ports_in_a_proc_table(table: str, ports: set[int]) -> None:
+    assert listening_ports_in(table) == ports
+
+
 # ---- real addresses on the loopback interface (root) ------------------------------------------
 
 URL_V4, URL_V6 = "100.64.110.20", "fd7a:115c:a1e0::6e:20"  # addresses no other test uses
@@ -182,3 +310,30 @@ def test_url_link_logs_in_to_a_real_server(tailnet_addresses_on_lo: None, tmp_pa
             assert (body["address"], body["method"]) == (URL_V4, "session")
         finally:
             conn.close()
+
+
+@pytest.mark.root
+def test_url_finds_the_port_of_a_running_server(
+    tailnet_addresses_on_lo: None, tmp_path: Path
+) -> None:
+    """Without --port, the links name the port a real `flask run` listens on (its variable says
+    which), not 5000, and stderr says how the port was found."""
+    state_dir = tmp_path / "state"
+    env = {**os.environ, "FLASK_TAILNET_STATE_DIR": str(state_dir)}
+    path = tailscale_stand_in(tmp_path / "bin", URL_V4)
+    with socket.socket() as probe:  # a port nothing listens on, for gunicorn's $PORT
+        probe.bind(("127.0.0.1", 0))
+        unused = str(probe.getsockname()[1])
+    with serving_example_app(URL_V4, env, tmp_path / "server.log") as port:
+        printed = flask_cli(
+            "tailnet",
+            "url",
+            state_dir=state_dir,
+            path=path,
+            env={"FLASK_RUN_PORT": str(port), "PORT": unused},
+        )
+    assert printed.returncode == 0, printed.stderr
+    assert [urlsplit(u).port for u in printed.stdout.splitlines()] == [port, port]
+    assert f"port {port}: something listens on it here, the default port of flask run" in (
+        printed.stderr
+    )
