@@ -299,8 +299,8 @@ FLASK_RUN_PORT = 5000
     "--port",
     type=click.IntRange(1, 65535),
     help="The port the app listens on. Default: the port of TAILNET_BIND; else the port a "
-    "server listens on here, that of flask tailnet serve ($PORT or 8000) or of flask run "
-    "($FLASK_RUN_PORT or 5000); else 5000. What it chose is said on stderr.",
+    "server of this user listens on here, that of flask tailnet serve ($PORT or 8000) or of "
+    "flask run ($FLASK_RUN_PORT or 5000); else 5000. What it chose is said on stderr.",
 )
 @click.option("--scheme", default="http", show_default=True, type=click.Choice(["http", "https"]))
 def url_command(port: int | None, scheme: str) -> None:
@@ -324,8 +324,8 @@ def url_command(port: int | None, scheme: str) -> None:
 def url_port(conf: Settings) -> tuple[int, str]:
     """The port a server of this app most likely listens on, and how it was found: the one port
     of ``TAILNET_BIND`` (the environment's, else the app's); else the one of the two default
-    ports (``flask tailnet serve``'s, ``flask run``'s) that something listens on here; else
-    ``flask run``'s, assumed. Nothing is connected to."""
+    ports (``flask tailnet serve``'s, ``flask run``'s) that this user listens on here (run it as
+    the server's user); else ``flask run``'s, assumed. Nothing is connected to."""
     try:
         env_binds, _ = binds_from_env(os.environ)
     except BindRefused:
@@ -343,9 +343,9 @@ def url_port(conf: Settings) -> tuple[int, str]:
     found = {port: name for name, port in defaults.items() if port in listening}
     if len(found) == 1:
         [(port, name)] = found.items()
-        return port, f"something listens on it here, the default port of {name}"
+        return port, f"this user listens on it here, the default port of {name}"
     ports = " or ".join(str(port) for port in dict.fromkeys(defaults.values()))
-    listen = "something listens on both" if found else "nothing listens on either"
+    listen = "this user listens on both" if found else "this user listens on neither"
     return defaults["flask run"], f"assumed, the port of flask run ({listen} of {ports} here)"
 
 

@@ -1,5 +1,5 @@
 """This machine's tailnet addresses (for the default binds and ``flask tailnet url``), and the TCP
-ports something listens on here (for ``flask tailnet url``).
+ports this user listens on here (for ``flask tailnet url``).
 
 Only the addresses in Tailscale's ranges on the ``tailscale0`` interface count, else (tailscaled in
 userspace networking mode has no interface) what ``tailscale ip`` prints. Addresses of other
@@ -14,6 +14,7 @@ raises and never waits more than a few seconds per command. :func:`listening_por
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -112,13 +113,13 @@ def can_listen_on(address: str) -> bool:
     return True
 
 
-def listening_ports_in(table: str) -> set[int]:
-    """The local ports of the listening sockets in the text of a ``/proc/net/tcp`` (or ``tcp6``)
-    table. What is malformed is skipped; never raises."""
+def listening_ports_in(table: str, uid: int) -> set[int]:
+    """The local ports of the listening sockets of user ``uid`` in the text of a ``/proc/net/tcp``
+    (or ``tcp6``) table. What is malformed is skipped; never raises."""
     ports: set[int] = set()
     for line in table.splitlines()[1:]:
         fields = line.split()
-        if len(fields) < 4 or fields[3] != _LISTEN:
+        if len(fields) < 8 or fields[3] != _LISTEN or fields[7] != str(uid):
             continue
         try:
             ports.add(int(fields[1].rpartition(":")[2], 16))
@@ -128,13 +129,16 @@ def listening_ports_in(table: str) -> set[int]:
 
 
 def listening_ports() -> set[int]:
-    """The TCP ports something listens on in this machine's network namespace, on any address;
-    empty where :data:`PROC_NET_TCP` cannot be read (not Linux). Never raises."""
+    """The TCP ports that a process of this user (the effective uid) listens on, on any address,
+    in this machine's network namespace; empty where :data:`PROC_NET_TCP` cannot be read (not
+    Linux). Another user's sockets do not count: a local user who listens on a port would
+    otherwise choose where ``flask tailnet url`` sends the token. Never raises."""
     ports: set[int] = set()
+    uid = os.geteuid()
     for path in PROC_NET_TCP:
         try:
             with open(path, encoding="ascii", errors="replace") as table:
-                ports |= listening_ports_in(table.read())
+                ports |= listening_ports_in(table.read(), uid)
         except OSError:
             continue
     return ports

@@ -162,45 +162,45 @@ def test_url_logs_a_tailnet_browser_in(
         ),
         pytest.param(
             ["127.0.0.1:9003", "100.64.0.1:9004"], {}, {8000}, 8000,
-            "something listens on it here, the default port of flask tailnet serve",
+            "this user listens on it here, the default port of flask tailnet serve",
             id="binds-on-two-ports-say-nothing",
         ),
         pytest.param(
             [], {"TAILNET_BIND": "unix:/run/app.sock"}, {5000}, 5000,
-            "something listens on it here, the default port of flask run", id="unix-bind-no-port",
+            "this user listens on it here, the default port of flask run", id="unix-bind-no-port",
         ),
         pytest.param(
             [], {}, {8000, 22}, 8000,
-            "something listens on it here, the default port of flask tailnet serve",
+            "this user listens on it here, the default port of flask tailnet serve",
             id="serve-listening",
         ),
         pytest.param(
-            [], {}, {5000}, 5000, "something listens on it here, the default port of flask run",
+            [], {}, {5000}, 5000, "this user listens on it here, the default port of flask run",
             id="flask-run-listening",
         ),
         pytest.param(
             [], {"PORT": "9100"}, {9100, 8000}, 9100,
-            "something listens on it here, the default port of flask tailnet serve",
+            "this user listens on it here, the default port of flask tailnet serve",
             id="serve-on-dollar-port",
         ),
         pytest.param(
             [], {"FLASK_RUN_PORT": "9200"}, {9200, 5000}, 9200,
-            "something listens on it here, the default port of flask run",
+            "this user listens on it here, the default port of flask run",
             id="flask-run-on-its-variable",
         ),
         pytest.param(
             [], {}, {8000, 5000}, 5000,
-            "assumed, the port of flask run (something listens on both of 8000 or 5000 here)",
+            "assumed, the port of flask run (this user listens on both of 8000 or 5000 here)",
             id="both-listening-is-ambiguous",
         ),
         pytest.param(
             [], {}, set(), 5000,
-            "assumed, the port of flask run (nothing listens on either of 8000 or 5000 here)",
+            "assumed, the port of flask run (this user listens on neither of 8000 or 5000 here)",
             id="nothing-listening",
         ),
         pytest.param(
             [], {"PORT": "http", "FLASK_RUN_PORT": "x"}, {8000}, 8000,
-            "something listens on it here, the default port of flask tailnet serve",
+            "this user listens on it here, the default port of flask tailnet serve",
             id="junk-port-variables-are-ignored",
         ),
     ],
@@ -235,31 +235,48 @@ def test_url_with_a_port_says_nothing_about_it(
     assert "pass --port" not in result.stderr
 
 
-#: A /proc/net/tcp6 table: a listener on [::1]:5000 and on [::]:8443, a connection from port 8000.
-PROC_TCP6 = """  sl  local_address                         remote_address       st tx_queue
-   0: 00000000000000000000000001000000:1388 00000000000000000000000000000000:0000 0A 00000000
-   1: 00000000000000000000000000000000:20FB 00000000000000000000000000000000:0000 0A 00000000
-   2: 0000000000000000FFFF00000100007F:1F40 0000000000000000FFFF00000100007F:D2F0 01 00000000
-"""
+def proc_line(local: str, state: str, uid: int) -> str:
+    """One socket of a /proc/net/tcp or tcp6 table, as Linux writes it."""
+    remote = "0" * local.index(":") + ":0000"
+    return (
+        f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000 {uid:>5}        0 "
+        "4242 1 0000000000000000 100 0 0 10 0"
+    )
+
+
+HEADER = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout"
+)
+ME, OTHER = 1000, 1001
 
 
 @pytest.mark.parametrize(
-    ("table", "ports"),
+    ("lines", "ports"),
     [
-        pytest.param(PROC_TCP6, {5000, 8443}, id="tcp6-listeners-only"),
+        pytest.param([proc_line("0100007F:1F40", "0A", ME)], {8000}, id="tcp4-loopback-listener"),
         pytest.param(
-            "  sl  local_address rem_address   st\n   0: 0100007F:1F40 00000000:0000 0A 0\n",
-            {8000},
-            id="tcp4-loopback-listener",
+            [proc_line("00000000000000000000000001000000:1388", "0A", ME)], {5000}, id="tcp6-::1"
         ),
-        pytest.param("  sl  local_address rem_address   st\n", set(), id="header-only"),
-        pytest.param("", set(), id="empty"),
-        pytest.param("header\n 0: 0100007F:ZZZZ 00000000:0000 0A\n 1: junk\n", set(), id="junk"),
-        pytest.param("0: 0100007F:1F40 00000000:0000 0A\n", set(), id="first-line-is-header"),
+        pytest.param(
+            [proc_line("00000000000000000000000000000000:20FB", "0A", ME)], {8443}, id="tcp6-any"
+        ),
+        pytest.param([proc_line("0100007F:1F40", "0A", OTHER)], set(), id="another-users-listener"),
+        pytest.param(
+            [proc_line("0100007F:2328", "01", ME)], set(), id="a-connection-not-a-listener"
+        ),
+        pytest.param([], set(), id="header-only"),
+        pytest.param(
+            [" 0: 0100007F:ZZZZ 00000000:0000 0A 0 0 0 1000", " 1: junk"], set(), id="junk"
+        ),
     ],
 )
-def test_listening_ports_in_a_proc_table(table: str, ports: set[int]) -> None:
-    assert listening_ports_in(table) == ports
+def test_listening_ports_in_a_proc_table(lines: list[str], ports: set[int]) -> None:
+    assert listening_ports_in("\n".join([HEADER, *lines]) + "\n", ME) == ports
+
+
+def test_a_proc_table_without_its_header_line() -> None:
+    assert listening_ports_in(proc_line("0100007F:1F40", "0A", ME), ME) == set()
+    assert listening_ports_in("", ME) == set()
 
 
 # ---- real addresses on the loopback interface (root) ------------------------------------------
@@ -334,6 +351,6 @@ def test_url_finds_the_port_of_a_running_server(
         )
     assert printed.returncode == 0, printed.stderr
     assert [urlsplit(u).port for u in printed.stdout.splitlines()] == [port, port]
-    assert f"port {port}: something listens on it here, the default port of flask run" in (
+    assert f"port {port}: this user listens on it here, the default port of flask run" in (
         printed.stderr
     )
