@@ -5,7 +5,11 @@ login page will not ask for, and the refusals of an unsafe state directory or pa
 from __future__ import annotations
 
 import os
+import pty
+import select
 import stat
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from .cli_helpers import (
     password_login,
     state_of,
 )
-from .conftest import PAM_TEST_SERVICE, make_app, pam_service_file
+from .conftest import PAM_TEST_SERVICE, ROOT, make_app, pam_service_file
 
 
 @pytest.fixture(autouse=True)
@@ -378,3 +382,44 @@ def test_generate_where_pam_is_usable_says_so_before_writing(state_dir: Path) ->
     assert note in result.stderr
     assert result.stderr.index(note) < result.stderr.index("wrote a scrypt hash")
     assert "login method now: pam" in result.stderr
+
+
+def test_installed_password_command_prompts_on_a_real_terminal_without_echo(
+    state_dir: Path,
+) -> None:
+    """On a real terminal (a pseudo-terminal here) the command prompts twice and the terminal
+    shows nothing of what is typed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: only exec, nothing of pytest (and never return into it)
+        try:
+            os.chdir(ROOT)
+            os.environ.update(FLASK_TAILNET_STATE_DIR=str(state_dir), FLASK_TAILNET_AUTH="password")
+            os.execv(
+                sys.executable,
+                [sys.executable, "-m", "flask", "--app", "example_app", "tailnet", "password"],
+            )
+        finally:
+            os._exit(127)
+    shown = bytearray()
+
+    def read_until(marker: bytes) -> None:
+        deadline = time.monotonic() + 30
+        while marker not in shown and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    shown.extend(os.read(fd, 1024))
+                except OSError:  # the child closed the terminal
+                    return
+
+    try:
+        for prompt in (b"New password:", b"Repeat for confirmation:"):
+            read_until(prompt)
+            os.write(fd, b"typed s3cret\n")
+        read_until(b"login method now")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, shown.decode(errors="replace")
+    assert b"typed s3cret" not in shown
+    assert b"Warning" not in shown
+    assert password_login(state_dir, "typed s3cret")
