@@ -23,7 +23,14 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
-from .binds import BindRefused, binds_from_env, check_binds, default_port, single_port
+from .binds import (
+    DEFAULT_PORT,
+    BindRefused,
+    binds_from_env,
+    check_binds,
+    default_port,
+    single_port,
+)
 from .credentials import LoginCredentials
 from .extension import GuardState, guard_state
 from .machine import listening_ports, machine_addresses, tailnet_addresses
@@ -334,11 +341,15 @@ def url_port(conf: Settings) -> tuple[int, str]:
     if configured is not None:
         where = "the environment's" if env_binds else "the app's"
         return configured, f"the port of {where} TAILNET_BIND"
-    defaults = {"flask tailnet serve": default_port(os.environ)}
+    serve = default_port(os.environ)
     try:
-        defaults["flask run"] = int(os.environ.get("FLASK_RUN_PORT", FLASK_RUN_PORT))
+        run = int(os.environ.get("FLASK_RUN_PORT", FLASK_RUN_PORT))
     except ValueError:
-        defaults["flask run"] = FLASK_RUN_PORT
+        run = FLASK_RUN_PORT
+    defaults = {  # a variable that is not a port counts as unset
+        "flask tailnet serve": serve if 0 < serve < 65536 else DEFAULT_PORT,
+        "flask run": run if 0 < run < 65536 else FLASK_RUN_PORT,
+    }
     listening = listening_ports()
     found = {port: name for name, port in defaults.items() if port in listening}
     if len(found) == 1:

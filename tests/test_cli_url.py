@@ -203,6 +203,11 @@ def test_url_logs_a_tailnet_browser_in(
             "this user listens on it here, the default port of flask tailnet serve",
             id="junk-port-variables-are-ignored",
         ),
+        pytest.param(
+            [], {"PORT": "0", "FLASK_RUN_PORT": "70000"}, set(), 5000,
+            "assumed, the port of flask run (this user listens on neither of 8000 or 5000 here)",
+            id="out-of-range-port-variables-are-ignored",
+        ),
     ],
 )  # fmt: skip
 def test_url_finds_the_port_or_says_what_it_assumed(
