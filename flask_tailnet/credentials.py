@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -231,6 +232,9 @@ def cookie_value(header: str, name: str) -> str | None:
 
 
 LoginMethod = Literal["pam", "password", "token"]
+#: Seconds between two log lines saying that the forced login method logs nobody in.
+_REMIND_SECONDS = 60.0
+log = logging.getLogger("flask_tailnet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +266,7 @@ class LoginCredentials:
         self.passwords = passwords
         self.pam = pam
         self.pam_problem = pam_problem
+        self._quiet_until = 0.0
 
     def _method(self, password: Password | None) -> LoginMethod:
         if self.mode == "token":
@@ -275,6 +280,8 @@ class LoginCredentials:
         if self.mode == "token":
             return Resolution("token", "TAILNET_AUTH is 'token'")
         if self.mode == "pam":
+            if self.pam is None:
+                return Resolution("pam", "TAILNET_AUTH is 'pam', but PAM cannot be used")
             return Resolution("pam", "TAILNET_AUTH is 'pam'")
         if self.mode == "auto" and self.pam is not None:
             return Resolution("pam", f"PAM service {self.pam.service!r} is usable")
@@ -313,7 +320,35 @@ class LoginCredentials:
                 return "pam", username
         elif method == "password" and self.passwords.verify(secret):
             return "password", None
+        self._remind_if_unusable()
         return None
+
+    def unusable(self) -> str | None:
+        """Why the method that ``TAILNET_AUTH`` forces logs nobody in now, and what to do; ``None``
+        when it can. Such logins are refused (the token still works); the app loads regardless,
+        so that ``flask tailnet password`` and ``status`` can run."""
+        if self.mode == "pam" and self.pam is None:
+            return (
+                f"TAILNET_AUTH is 'pam', but PAM cannot be used: {self.pam_problem}; every "
+                "PAM login is refused until that is fixed and the server restarted"
+            )
+        if self.mode == "password" and self.passwords.current() is None:
+            return (
+                "TAILNET_AUTH is 'password', but no password is set: every password login is "
+                f"refused until one is; set the variable {self.passwords.env_name} of the "
+                "server, or run `flask tailnet password` as the server's user"
+            )
+        return None
+
+    def _remind_if_unusable(self) -> None:
+        """Log :meth:`unusable`'s reason at a refused login, at most once a minute."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return
+        reason = self.unusable()
+        if reason is not None:
+            self._quiet_until = now + _REMIND_SECONDS
+            log.error("flask-tailnet: a login was refused: %s", reason)
 
     def in_force(self, peer: Peer) -> object:
         """What ``peer``'s way in depends on now: its credential, and for the resolved methods
