@@ -119,12 +119,14 @@ def on_starting(server: Any) -> None:
         _refuse(server, f"{exc}; fix it, or set TAILNET_STATE_DIR to a private directory")
     except OSError as exc:
         _refuse(server, f"cannot create the state: {exc.strerror} ({exc.filename})")
-    no_tailnet = checked.default and not machine.bindable()
-    if no_tailnet:
+    if checked.default and not machine.bindable():
         server.log.info(
             "flask-tailnet: no tailnet address found on this machine (is Tailscale up?); "
             "binding loopback only"
         )
+    # tailscaled in userspace networking mode has addresses, none on an interface: it forwards
+    # tailnet connections to loopback, so the loopback bind is reached from the tailnet.
+    no_tailnet = checked.default and not machine.addresses()
     server.flask_tailnet = Prepared(tuple(listening(checked.binds)), tokens[0], no_tailnet)
     _check_on_reload(server)
 

@@ -33,7 +33,14 @@ from .gunicorn_stand_ins import (
 pytestmark = pytest.mark.usefixtures("clean_environment", "on_a_terminal")
 
 
-def test_importing_the_config_module_looks_nothing_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({}, id="no-TAILNET_BIND"),
+        pytest.param({"TAILNET_BIND": "x", "FLASK_TAILNET_BIND": "y"}, id="malformed-TAILNET_BIND"),
+    ],
+)
+def test_importing_the_config_module_looks_nothing_up(env: dict[str, str], tmp_path: Path) -> None:
     """gunicorn imports the module to read its settings (so do ``flask tailnet serve`` and config
     files that star-import it): nothing runs ``ip`` or ``tailscale`` then, whatever the
     environment says, and ``bind`` is left for the start to fill in."""
@@ -42,9 +49,13 @@ def test_importing_the_config_module_looks_nothing_up(tmp_path: Path) -> None:
     for tool in ("ip", "tailscale"):
         (tmp_path / "bin" / tool).write_text(f"#!/bin/sh\necho {tool} >> {calls}\n")
     code = "import flask_tailnet.gunicorn as g; print(g.bind)"
-    env = {**os.environ, "PATH": path, "TAILNET_BIND": "x", "FLASK_TAILNET_BIND": "y"}
+    environ = {k: v for k, v in os.environ.items() if not k.endswith("TAILNET_BIND")}
     result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        env={**environ, **env, "PATH": path},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout == "[]\n"
     assert not calls.exists()

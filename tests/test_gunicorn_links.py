@@ -17,6 +17,7 @@ from flask import Flask
 from flask_tailnet import gunicorn as tg
 from flask_tailnet import gunicorn_links
 from flask_tailnet.binds import parse_bind
+from flask_tailnet.gunicorn_binds import MachineAddresses
 from flask_tailnet.gunicorn_hooks import Prepared
 from flask_tailnet.gunicorn_links import login_urls
 from flask_tailnet.gunicorn_links import stderr_is_a_terminal as REAL_STDERR_IS_A_TERMINAL
@@ -216,6 +217,23 @@ def test_the_links_are_printed_unless_the_default_found_no_tailnet_address(
     assert "to log in from another tailnet device" in err
     expected = ["127.0.0.1:9036"] if binds else ["127.0.0.1:8000", f"{TAILNET_V4}:8000"]
     assert err.splitlines()[1:] == [f"    http://{bind}/?token={token}" for bind in expected]
+
+
+def test_userspace_tailscaled_is_not_told_there_is_no_tailnet_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tailscaled in userspace networking mode: ``tailscale ip`` names an address on no interface,
+    so the default binds are loopback only, where tailscaled delivers tailnet connections."""
+    server = arbiter(make_app(tmp_path / "state"))
+    server.flask_tailnet_machine = MachineAddresses(
+        find=lambda: [TAILNET_V4], can_listen=lambda address: False
+    )
+    tg.on_starting(server)
+    tg.when_ready(server)
+    err = capsys.readouterr().err
+    assert list(server.cfg.bind) == ["127.0.0.1:8000"]
+    assert NO_TAILNET not in err
+    assert "to log in from another tailnet device" in err
 
 
 def _serve_with_default_binds(tmp_path: Path, addresses: list[str]) -> tuple[str, str, int]:
