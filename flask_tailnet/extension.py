@@ -3,18 +3,19 @@
 The guard wraps ``app.wsgi_app``, so every request (404s, static files, automatic OPTIONS
 included) is decided before Flask routes it, at the cost of one function call: a
 ``before_request`` hook alone would cost more than the whole decision. Refusals are raised
-through Flask's own error handling, so ``@app.errorhandler(401)`` and ``(403)`` work.
+through Flask's own error handling, so ``@app.errorhandler(401)``, ``(403)`` and ``(429)`` work.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Flask, redirect, request
+from flask import Blueprint, Flask, current_app, redirect, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
@@ -30,6 +31,7 @@ from .credentials import (
     LoginCredentials,
     SessionCookie,
     Step,
+    bearer_credential,
 )
 from .gate import Gate, Outcome
 from .pamauth import PamVerifier, pam_problem
@@ -51,22 +53,34 @@ EXTENSION_KEY = "tailnet"
 TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
 SESSION_KEY_FILE = "session_key"
 _EXEMPT_ATTR = "_tailnet_exempt"
+_REQUIRED_ATTR = "_tailnet_login_required"
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: What :meth:`TailnetGuard.exempt` marks: a view function, or a blueprint.
+E = TypeVar("E", bound=Callable[..., Any] | Blueprint)
 
 
 class Unauthorized(exceptions.Unauthorized):
-    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check."""
+    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check.
 
-    def __init__(self, realm: str) -> None:
+    When the request presented a bearer token, the challenge says ``error="invalid_token"`` (RFC
+    6750, section 3.1), so an API client can tell a wrong token from a missing one; the body is
+    the same either way.
+    """
+
+    def __init__(self, realm: str, *, invalid_token: bool = False) -> None:
         super().__init__("A credential is required.")
         self.realm = realm
+        self.invalid_token = invalid_token
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        challenge = f'Bearer realm="{self.realm}"'
+        if self.invalid_token:
+            challenge += ', error="invalid_token"'
         return [
             ("Content-Type", "application/json"),
             ("Cache-Control", "no-store"),
-            ("WWW-Authenticate", f'Bearer realm="{self.realm}"'),
+            ("WWW-Authenticate", challenge),
         ]
 
     def get_body(self, *args: Any, **kwargs: Any) -> str:
@@ -84,6 +98,24 @@ class Forbidden(exceptions.Forbidden):
 
     def get_body(self, *args: Any, **kwargs: Any) -> str:
         return json.dumps({"error": "forbidden", "message": self.description})
+
+
+class TooManyAttempts(exceptions.TooManyRequests):
+    """429 with ``Retry-After`` (whole seconds) and a JSON body: the client spent its budget of
+    failed attempts, and no credential of its is looked at until it may try again."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many failed attempts; try again later.", retry_after=retry_after)
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("Retry-After", str(self.retry_after)),
+        ]
+
+    def get_body(self, *args: Any, **kwargs: Any) -> str:
+        return json.dumps({"error": "too_many_attempts", "message": self.description})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +145,26 @@ class TailnetGuard:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Validate the settings and install the guard. Calling it again for the same app does
-        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting, and when
-        ``flask run`` would start werkzeug's debugger on an address other than loopback (it
-        answers before the guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then
-        refuses the same."""
-        if EXTENSION_KEY in app.extensions:
+        """Validate the settings and install the guard. Calling it again for the same app with
+        the same settings does nothing; with other settings it raises
+        :class:`~flask_tailnet.ConfigurationError` (the app keeps the guard it has, so the new
+        settings would never apply). Raises the same for a bad setting, and when ``flask run``
+        would start werkzeug's debugger on an address other than loopback (it answers before the
+        guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then refuses the same."""
+        config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
+        config.update(self._overrides)
+        installed = guard_state(app)
+        if installed is not None:
+            conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
+            if conf != installed.settings:
+                raise settings_module.ConfigurationError(
+                    f"the app {app.name!r} already has a TailnetGuard with other settings; a "
+                    "second guard would never run: give every setting to the first one"
+                )
             return
         problem = devserver.flask_run_problem()
         if problem is not None:
             raise devserver.DebuggerRefused(problem)
-        config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
-        config.update(self._overrides)
         conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
         state = build_state(conf, app.name)
         if conf.state_dir.exists():
@@ -139,11 +179,96 @@ class TailnetGuard:
         devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod
-    def exempt(view: F) -> F:
-        """Serve ``view`` without a credential. The Host check, the network policy, the allowlist,
-        the proxy rules and the cross-site refusal of the loopback bypass still apply."""
-        setattr(view, _EXEMPT_ATTR, True)
+    def exempt(view: E) -> E:
+        """Serve ``view`` without a credential, or every view of a :class:`~flask.Blueprint`
+        (its nested blueprints and its static files included, whenever they are registered; a view
+        belongs to the blueprint its endpoint's dotted name starts with, as in Flask). The
+        Host check, the network policy, the allowlist, the proxy rules and the cross-site refusal
+        of the loopback bypass still apply, and :meth:`login_required` wins over it.
+
+        Raises :class:`TypeError` for anything else (a class, a string, ``None``, the app): a
+        mark that nothing reads would leave the view asking for a credential without a word.
+        """
+        if not isinstance(view, Blueprint):
+            _refuse_non_view("exempt", view)
+        try:
+            setattr(view, _EXEMPT_ATTR, True)
+        except (AttributeError, TypeError):
+            raise TypeError(f"guard.exempt cannot mark {view!r}: decorate the function") from None
         return view
+
+    @staticmethod
+    def login_required(view: F) -> F:
+        """Ask for a credential before ``view`` runs, even from loopback (like Flask-HTTPAuth's
+        ``login_required``): for the one view that not every local process should reach.
+
+        A peer the loopback bypass served (``current_peer.method == "loopback"``) must present
+        what a remote peer presents: the bearer token, a session cookie, or Basic; the cascade
+        and its refusals are the remote peer's (a browser's GET goes to the login page, an API
+        client gets 401, a cross-site request riding on a cookie 403). The peer the view then
+        sees is the authenticated one (``local`` is false). Remote peers were already asked by
+        the guard; an anonymous peer that an exempt view or blueprint let through is asked
+        here, so this decorator wins over :meth:`exempt`. Other views pay nothing for it.
+
+        The app's ``before_request`` hooks run before this check, as they run for every other
+        loopback request. Raises :class:`TypeError` for anything that is not a view function.
+        """
+        _refuse_non_view("login_required", view)
+
+        @functools.wraps(view)
+        def required(*args: Any, **kwargs: Any) -> Any:
+            peer = request.environ.get(PEER_KEY, NOBODY)
+            if peer.method in _ASKED_HERE:
+                answer = _credential_for_view(request.environ, peer)
+                if answer is not None:
+                    if isinstance(answer, exceptions.HTTPException):
+                        raise answer
+                    return answer
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        setattr(required, _REQUIRED_ATTR, True)
+        return cast(F, required)
+
+
+#: The methods of peers that :meth:`TailnetGuard.login_required` asks for a credential.
+_ASKED_HERE = frozenset({"loopback", "none"})
+
+
+def _refuse_non_view(decorator: str, view: object) -> None:
+    """Raise :class:`TypeError` unless ``view`` can be a view function."""
+    if isinstance(view, type):
+        raise TypeError(
+            f"guard.{decorator} takes a view function, not the class {view.__name__}: "
+            f"list it in the class's `decorators` or decorate {view.__name__}.as_view(...)"
+        )
+    if not callable(view) or isinstance(view, Flask):
+        raise TypeError(f"guard.{decorator} takes a view function, not {view!r}")
+
+
+def _credential_for_view(environ: WSGIEnvironment, peer: Peer) -> Any:
+    """For a view under :meth:`TailnetGuard.login_required`: ``None`` once a credential admitted
+    the peer (now the request's peer), else the refusal to raise or the response to return.
+
+    A loopback peer goes through the whole cascade, as a remote one does in the middleware. An
+    anonymous peer already went through it there (an exempt view served it): it is not asked to
+    spend another attempt, only sent to log in.
+    """
+    state = guard_state(current_app)
+    if state is None:
+        raise RuntimeError("guard.login_required is used on an app without a TailnetGuard")
+    anonymous = Peer(peer.address, "none", via_proxy=peer.via_proxy)
+    if peer.method == "none":
+        return challenge(state, environ)
+    for step in state.steps:
+        result = step(environ, anonymous)
+        if result is not None:
+            break
+    else:
+        result = DENY
+    if isinstance(result, Peer):
+        environ[PEER_KEY] = result
+        return None
+    return denial(state, environ, result, anonymous, exempt_view=None)
 
 
 def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
@@ -208,23 +333,6 @@ class Refusals:
         self.wsgi_app = wsgi_app
         self.state = state
 
-    def unauthenticated(
-        self, environ: WSGIEnvironment, anonymous: Peer
-    ) -> WSGIApplication | exceptions.HTTPException | None:
-        """What to answer a request without a valid credential: a ``?token=`` login (a
-        response), ``None`` when its view is exempt (the app then serves it to the anonymous
-        peer), a redirect to the login page for a browser's GET, else 401."""
-        link = login.token_link(self.state, environ, anonymous)
-        if link is not None:
-            return link
-        if self.exempt_view(environ):
-            return None
-        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and login.prefers_html(environ):
-            response = redirect(login.login_url(self.state, environ), 303)
-            response.headers["Cache-Control"] = "no-store"
-            return response
-        return Unauthorized(self.state.settings.realm)
-
     def exempt_view(self, environ: WSGIEnvironment) -> bool:
         """Whether the request routes to a view marked exempt. Only the URL map is consulted: no
         request context is pushed, so a request without a credential opens no session (its
@@ -240,17 +348,21 @@ class Refusals:
         except exceptions.HTTPException:
             return False
         view = app.view_functions.get(rule.endpoint)
-        return getattr(view, _EXEMPT_ATTR, False) is True
+        if getattr(view, _EXEMPT_ATTR, False) is True:
+            return True
+        # "outer.inner.view": the blueprints it was registered through, innermost first
+        blueprint, _, _ = rule.endpoint.rpartition(".")
+        while blueprint:
+            if getattr(app.blueprints.get(blueprint), _EXEMPT_ATTR, False) is True:
+                return True
+            blueprint, _, _ = blueprint.rpartition(".")
+        return False
 
     def denied(
         self, environ: WSGIEnvironment, result: object, anonymous: Peer
     ) -> WSGIApplication | exceptions.HTTPException | None:
-        """The answer to a cascade that did not admit the peer (see :meth:`unauthenticated`)."""
-        if isinstance(result, Limited):
-            return login.too_many(result.retry_after)
-        if result is FORBID:
-            return Forbidden()
-        return self.unauthenticated(environ, anonymous)
+        """The answer to a cascade that did not admit the peer (see :func:`denial`)."""
+        return denial(self.state, environ, result, anonymous, self.exempt_view)
 
     def refuse(
         self,
@@ -272,6 +384,42 @@ class Refusals:
             log.exception("flask-tailnet: the app's error handling failed; answering plainly")
             return error(environ, start_response)
         return response(environ, start_response)
+
+
+def denial(
+    state: GuardState,
+    environ: WSGIEnvironment,
+    result: object,
+    anonymous: Peer,
+    exempt_view: Callable[[WSGIEnvironment], bool] | None,
+) -> WSGIApplication | exceptions.HTTPException | None:
+    """The answer to a cascade that did not admit the peer: 429 over the budget, 403 for a
+    cross-site request on a cookie; else a ``?token=`` login (a response, or 429), ``None`` when
+    ``exempt_view`` says the view is exempt (the app then serves it to the anonymous peer), and
+    last :func:`challenge`."""
+    if isinstance(result, Limited):
+        return TooManyAttempts(result.retry_after)
+    if result is FORBID:
+        return Forbidden()
+    link = login.token_link(state, environ, anonymous)
+    if isinstance(link, Limited):
+        return TooManyAttempts(link.retry_after)
+    if link is not None:
+        return link
+    if exempt_view is not None and exempt_view(environ):
+        return None
+    return challenge(state, environ)
+
+
+def challenge(state: GuardState, environ: WSGIEnvironment) -> WSGIApplication | Unauthorized:
+    """Ask for a credential: a browser's GET or HEAD is sent to the login page, anything else
+    gets 401 (saying ``invalid_token`` when a bearer token was presented)."""
+    if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and login.prefers_html(environ):
+        response = redirect(login.login_url(state, environ), 303)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    presented = bearer_credential(environ.get("HTTP_AUTHORIZATION")) is not None
+    return Unauthorized(state.settings.realm, invalid_token=presented)
 
 
 def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> WSGIApplication:

@@ -10,6 +10,7 @@ gunicorn inherits instead, must pass :func:`flask_tailnet.binds.check_binds` for
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -26,6 +27,41 @@ from .machine import can_listen_on, machine_addresses
 DEFAULT_PORT = 8000
 
 _FD_NUMBER = re.compile(r"[0-9]{1,9}")
+
+#: Why ``--protocol uwsgi`` is refused (see :func:`check`).
+_UWSGI_FIX = (
+    "--protocol uwsgi cannot be guarded: every request comes through the front server on "
+    "loopback, which names the client only in the packet's REMOTE_ADDR (gunicorn drops it), so "
+    "every client would get the loopback bypass and no attempt budget; serve HTTP on "
+    "127.0.0.1:PORT behind the proxy (proxy_pass with X-Forwarded-For) and list 127.0.0.1 in "
+    "TAILNET_TRUSTED_PROXIES"
+)
+
+
+def proxy_protocol_problem(cfg: Any) -> str | None:
+    """Why gunicorn's PROXY protocol settings may not be served, or ``None``. With
+    ``--proxy-protocol`` on, gunicorn sets ``REMOTE_ADDR`` to the address a PROXY header names, so
+    a sender allowed by ``--proxy-allow-from`` picks the address the guard judges (``127.0.0.1``
+    gets the loopback bypass). Refused: any allowed sender that is not a loopback address or a
+    network of loopback addresses only (``*``, a tailnet or LAN range)."""
+    if str(getattr(cfg, "proxy_protocol", "off")).lower() in ("off", "false", "none", "0"):
+        return None
+    allowed = getattr(cfg, "proxy_allow_ips", None) or []
+    for entry in [allowed] if isinstance(allowed, str) else allowed:
+        try:
+            network = ipaddress.ip_network(str(entry).strip(), strict=False)
+        except ValueError:
+            network = None
+        if network is None or not (
+            network.network_address.is_loopback and network.broadcast_address.is_loopback
+        ):
+            return (
+                f"--proxy-protocol with --proxy-allow-from {str(entry)[:60]!r}: whoever may "
+                "send a PROXY header picks the client address flask-tailnet sees (127.0.0.1 gets "
+                "the loopback bypass); allow only the proxy on this machine (127.0.0.1,::1, the "
+                "default)"
+            )
+    return None
 
 
 class MachineAddresses:
@@ -124,9 +160,12 @@ def check(cfg: Any, states: Sequence[GuardState], machine: MachineAddresses) -> 
     ``bind`` setting, or the sockets gunicorn inherits instead (from systemd, or from the master
     that re-executed it).
 
-    Raises :class:`BindRefused` naming every refused bind, when no app uses flask-tailnet, or when
+    Raises :class:`BindRefused` naming every refused bind, when no app uses flask-tailnet, when
     ``TAILNET_BIND`` or ``TAILNET_ALLOW_WILDCARD_BIND`` in the environment is malformed (even
-    when ``-b`` overrides it: a setting that says something else than it seems is refused).
+    when ``-b`` overrides it: a setting that says something else than it seems is refused), under
+    ``--protocol uwsgi`` (its requests all come from the front server on loopback, without a proxy
+    header the guard can believe), and for PROXY protocol senders other than loopback (see
+    :func:`proxy_protocol_problem`). The same check runs at start and on a ``SIGHUP`` reload.
     """
     if not states:
         raise BindRefused(
@@ -135,6 +174,11 @@ def check(cfg: Any, states: Sequence[GuardState], machine: MachineAddresses) -> 
         )
     environ = environment(cfg)
     default = fill_in(cfg, states, environ, machine)
+    if str(getattr(cfg, "protocol", "http")).lower() == "uwsgi":
+        raise BindRefused(_UWSGI_FIX)
+    proxy_problem = proxy_protocol_problem(cfg)
+    if proxy_problem is not None:
+        raise BindRefused(proxy_problem)
     _, allow_env = binds_module.binds_from_env(environ)
     specs = list(cfg.bind)
     # With reuse_port each worker binds the `bind` setting itself, and no inherited socket is used.

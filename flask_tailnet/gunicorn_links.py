@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -60,14 +61,40 @@ def listening(checked: Iterable[Bind]) -> Iterator[Bind]:
 
 
 def stderr_is_a_terminal() -> bool:
-    """Whether the master's standard error is a terminal: file descriptor 2 and ``sys.stderr``
-    both. Anything else (a file, ``--capture-output``'s error log, a pipe, the journal, a
-    container log, ``/dev/null``) may be kept and read later by others."""
+    """Whether the master's standard error is a terminal of its own: file descriptor 2 and
+    ``sys.stderr`` both, and not the terminal of the first process (PID 1) of the machine or
+    container. Anything else (a file, ``--capture-output``'s error log, a pipe, the journal, a
+    container log, ``/dev/null``, the terminal that ``docker run -t`` or ``tty: true`` gives a
+    container's main process, which the runtime's log records) may be kept and read later by
+    others."""
     try:
         fileno = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # None, or a stream without a descriptor
         return False
-    return os.isatty(2) and os.isatty(fileno)
+    return os.isatty(2) and os.isatty(fileno) and not _first_process_terminal(2)
+
+
+#: Where PID 1 writes: the terminal a container runtime records is the one on these.
+_FIRST_PROCESS_OUTPUTS = ("/proc/1/fd/1", "/proc/1/fd/2")
+
+
+def _first_process_terminal(fd: int) -> bool:
+    """Whether the terminal ``fd`` is the one PID 1 of this PID namespace writes to (this process
+    being PID 1 included); ``False`` when PID 1's descriptors cannot be read."""
+    if os.getpid() == 1:
+        return True
+    try:
+        ours = os.fstat(fd)
+    except OSError:
+        return True
+    for path in _FIRST_PROCESS_OUTPUTS:
+        try:
+            theirs = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISCHR(theirs.st_mode) and theirs.st_rdev == ours.st_rdev:
+            return True
+    return False
 
 
 def links_message(urls: Sequence[str], get_them: str) -> str:
@@ -81,9 +108,9 @@ def links_message(urls: Sequence[str], get_them: str) -> str:
             + "\n".join(f"    {url}" for url in urls)
         )
     return (
-        "flask-tailnet: standard error is not a terminal, so the login links (which hold the "
-        "token) are not printed where a log could keep them; to get them, run as this "
-        f"server's user: {get_them}"
+        "flask-tailnet: standard error is not a terminal (or is a container's, which its log "
+        "keeps), so the login links (which hold the token) are not printed where a log could "
+        f"keep them; to get them, run as this server's user: {get_them}"
     )
 
 

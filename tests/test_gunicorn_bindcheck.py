@@ -227,6 +227,69 @@ def test_a_malformed_or_refused_environment_refuses_the_start(
     assert not (tmp_path / "state" / "token").exists()
 
 
+#: gunicorn settings under which the guard would judge an address a sender chose, not the peer's.
+UNGUARDABLE_SETTINGS = [
+    pytest.param({"protocol": "uwsgi"}, "--protocol uwsgi cannot be guarded", id="uwsgi"),
+    pytest.param(
+        {"proxy_protocol": "v1", "proxy_allow_ips": "*"},
+        "--proxy-protocol with --proxy-allow-from '*'",
+        id="proxy-protocol-any-sender",
+    ),
+    pytest.param(
+        {"proxy_protocol": "v2", "proxy_allow_ips": "127.0.0.1,100.64.0.0/10"},
+        "--proxy-allow-from '100.64.0.0/10'",
+        id="proxy-protocol-a-tailnet-range",
+    ),
+    pytest.param(
+        {"proxy_protocol": "auto", "proxy_allow_ips": "192.168.0.0/16"},
+        "--proxy-allow-from '192.168.0.0/16'",
+        id="proxy-protocol-a-lan-range",
+    ),
+    pytest.param(
+        {"proxy_protocol": "v1", "proxy_allow_ips": "126.0.0.0/7"},
+        "--proxy-allow-from '126.0.0.0/7'",
+        id="proxy-protocol-a-range-beyond-loopback",
+    ),
+]
+
+
+@pytest.mark.parametrize(("settings", "expected"), UNGUARDABLE_SETTINGS)
+def test_uwsgi_and_a_proxy_protocol_from_others_than_loopback_refuse_the_start(
+    settings: dict[str, Any],
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9058"], **settings)
+    with pytest.raises(SystemExit) as exited:
+        tg.on_starting(server)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(PREFIX)
+    assert expected in err
+    assert not (tmp_path / "state" / "token").exists()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param({"proxy_protocol": "v1"}, id="proxy-protocol-from-the-default-loopback"),
+        pytest.param(
+            {"proxy_protocol": "v2", "proxy_allow_ips": "127.0.0.0/8,::1"},
+            id="proxy-protocol-from-loopback-ranges",
+        ),
+        pytest.param({"proxy_protocol": "off", "proxy_allow_ips": "*"}, id="proxy-protocol-off"),
+    ],
+)
+def test_http_and_a_proxy_protocol_from_loopback_only_are_served(
+    settings: dict[str, Any], tmp_path: Path
+) -> None:
+    server = arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9059"], **settings)
+    tg.on_starting(server)
+    assert [str(bind.ip) for bind in server.flask_tailnet.binds] == ["127.0.0.1"]
+
+
 @pytest.mark.parametrize(
     ("addresses", "env", "binds", "loopback_only", "from_env"),
     [

@@ -78,6 +78,29 @@ def test_on_reload_halts_the_server_for_a_refused_bind(
     assert halted.value.__suppress_context__
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param({"protocol": "uwsgi"}, "--protocol uwsgi cannot be guarded", id="uwsgi"),
+        pytest.param(
+            {"proxy_protocol": "v1", "proxy_allow_ips": "*"},
+            "--proxy-protocol with --proxy-allow-from '*'",
+            id="proxy-protocol-any-sender",
+        ),
+    ],
+)
+def test_on_reload_halts_the_server_for_settings_it_cannot_guard(
+    settings: dict[str, Any], expected: str, tmp_path: Path
+) -> None:
+    """A SIGHUP that brings ``--protocol uwsgi`` or a PROXY protocol sender other than loopback
+    is refused like a refused bind."""
+    with pytest.raises(HaltServer) as halted:
+        tg.on_reload(arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9043"], **settings))
+    assert halted.value.exit_status == 1
+    assert halted.value.reason.startswith(PREFIX)
+    assert expected in halted.value.reason
+
+
 def test_on_reload_accepts_an_accepted_bind(tmp_path: Path) -> None:
     server = arbiter(make_app(tmp_path / "state"), ["127.0.0.1:9042"])
     tg.on_reload(server)
