@@ -377,7 +377,7 @@ def serve_command(info: ScriptInfo, gunicorn_args: tuple[str, ...]) -> None:
     machine's tailnet addresses, every bind checked first. Options go to gunicorn (-b, -w, -k,
     --threads, --access-logfile; see gunicorn --help)."""
     try:
-        from .gunicorn import serve  # noqa: PLC0415 - gunicorn is an optional extra
+        from .gunicorn_serve import serve  # noqa: PLC0415 - gunicorn is an optional extra
     except ImportError as exc:
         if exc.name != "gunicorn" and not (exc.name or "").startswith("gunicorn."):
             raise
