@@ -341,7 +341,10 @@ def url_port(conf: Settings) -> tuple[int, str]:
     if configured is not None:
         where = "the environment's" if env_binds else "the app's"
         return configured, f"the port of {where} TAILNET_BIND"
-    serve = default_port(os.environ)
+    try:
+        serve = default_port(os.environ)
+    except BindRefused:
+        serve = DEFAULT_PORT
     try:
         run = int(os.environ.get("FLASK_RUN_PORT", FLASK_RUN_PORT))
     except ValueError:

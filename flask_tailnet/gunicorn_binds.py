@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import binds as binds_module
-from .binds import Bind, BindRefused
+from .binds import Bind, BindRefused, default_port
 from .extension import GuardState
 from .machine import can_listen_on, machine_addresses
 
 #: The port of the default binds: gunicorn's own default, or ``$PORT`` as gunicorn reads it.
-DEFAULT_PORT = 8000
 
 _FD_NUMBER = re.compile(r"[0-9]{1,9}")
 
@@ -111,18 +110,6 @@ def environment(cfg: Any) -> dict[str, str]:
     except (AttributeError, RuntimeError):  # a malformed -e: gunicorn refuses it itself
         given = {}
     return {**os.environ, **given}
-
-
-def default_port(environ: Mapping[str, str]) -> int:
-    """``$PORT`` as gunicorn reads it, else 8000 (and 8000 for a ``$PORT`` that is no number).
-    Raises :class:`BindRefused` for a number that is no port."""
-    try:
-        port = int(environ.get("PORT", DEFAULT_PORT))
-    except ValueError:
-        return DEFAULT_PORT
-    if not 0 <= port <= 65535:
-        raise BindRefused(f"PORT={port} is not a port (0 to 65535)")
-    return port
 
 
 @dataclass(frozen=True, slots=True)
