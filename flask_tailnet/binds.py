@@ -44,13 +44,7 @@ from .addresses import (
     is_tailnet,
     parse_ip,
 )
-
-#: The setting (and environment variable) that lists the bind specs.
-BIND = "TAILNET_BIND"
-#: The setting (and environment variable) that permits the wildcard address.
-ALLOW_WILDCARD_BIND = "TAILNET_ALLOW_WILDCARD_BIND"
-#: gunicorn's port for a spec without one.
-DEFAULT_PORT = 8000
+from .settings import ALLOW_WILDCARD_BIND, BIND, DEFAULT_PORT
 
 _WILDCARD_FIX = (
     "bind a tailnet address (tailscale ip -4) or 127.0.0.1, or set "

@@ -6,7 +6,6 @@ the secret itself, so ``$(...)`` works; everything else goes to stderr.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pwd
 import secrets
@@ -14,7 +13,6 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote_from_bytes
 
 import click
 from flask import current_app
@@ -22,12 +20,13 @@ from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
 from .binds import BindRefused, binds_from_env, check_binds
-from .extension import GuardState, guard_state
 from .machine import machine_addresses, tailnet_addresses
 from .masking import mask_uri
 from .pamauth import pam_status
 from .passwords import _MAX_PRESENTED
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
+from .state import GuardState, guard_state
+from .token import login_link
 
 tailnet = AppGroup("tailnet", help="flask-tailnet: the guard's token, password and state.")
 
@@ -128,7 +127,7 @@ def password_problem(password: str) -> str | None:
 
 
 def _say_method(state: GuardState) -> None:
-    resolution = state.credentials.resolve()
+    resolution = state.credentials.choice.resolve()
     click.echo(f"login method now: {resolution.method} ({resolution.why})", err=True)
 
 
@@ -140,7 +139,7 @@ def status_command() -> None:
     refuses it). Prints no secret."""
     state = _state()
     conf = state.settings
-    resolution = state.credentials.resolve()
+    resolution = state.credentials.choice.resolve()
     unsafe = False
     lines = [
         f"login method:     {resolution.method} ({resolution.why}; TAILNET_AUTH={conf.auth})",
@@ -257,18 +256,13 @@ def url_command(port: int, scheme: str) -> None:
     one per line, creating the token on first use. Nothing else goes to stdout."""
     token_file = _state().token_file
     with _file_errors(token_file):
-        token = quote_from_bytes(token_file.ensure(), safe="")
+        token = token_file.ensure()
     found = tailnet_addresses(machine_addresses())
-    for host in ["localhost", *map(url_host, found)]:
-        click.echo(f"{scheme}://{host}:{port}/?token={token}")
+    for host in ["localhost", *found]:
+        click.echo(login_link(scheme, host, port, token))
     if not found:
         click.echo("no tailnet address found on this machine: is Tailscale up?", err=True)
     click.echo("Anyone with one of these links is logged in: share them with care.", err=True)
-
-
-def url_host(address: str) -> str:
-    """``address`` as the host of a URL: IPv6 in brackets."""
-    return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
 
 
 @tailnet.command(

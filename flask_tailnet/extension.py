@@ -8,95 +8,58 @@ through Flask's own error handling, so ``@app.errorhandler(401)`` and ``(403)`` 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Flask, redirect, request
+from flask import Flask, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
 from . import devserver, login
 from . import settings as settings_module
-from .addresses import Policy
-from .attempts import Attempts, Limited
-from .credentials import (
-    DENY,
-    FORBID,
-    BasicAuth,
-    BearerToken,
-    LoginCredentials,
-    SessionCookie,
-    Step,
-)
-from .gate import Gate, Outcome
-from .pamauth import PamVerifier, pam_problem
-from .passwords import PASSWORD_FILE, PasswordSource
-from .peer import NOBODY, Peer
-from .ratelimit import AttemptBudget
+from .attempts import Limited
+from .credentials import DENY, FORBID
+from .gate import Outcome
+from .peer import NOBODY, PEER_KEY, Peer
 from .redaction import redact_logger
-from .secretfile import MIN_SECRET_LENGTH, SecretFile, UnsafeSecretFile, ensure_private_dir
-from .sessions import SessionCodec
+from .responses import (
+    Forbidden,
+    Unauthorized,
+    login_redirect,
+    prefers_html,
+    token_link_login,
+    too_many,
+)
+from .secretfile import UnsafeSecretFile, ensure_private_dir
+from .sessions import SESSION_KEY_FILE
+from .state import EXTENSION_KEY, GuardState, build_state, guard_state
+from .token import TOKEN_FILE
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+#: Besides this module's own names, the ones re-exported under the import paths they had before
+#: they got modules of their own (state.py, peer.py, sessions.py, token.py).
+__all__ = [
+    "EXTENSION_KEY",
+    "PEER_KEY",
+    "SESSION_KEY_FILE",
+    "TOKEN_FILE",
+    "GuardState",
+    "SlowPaths",
+    "TailnetGuard",
+    "build_state",
+    "current_peer",
+    "guard_middleware",
+    "guard_state",
+]
+
 log = logging.getLogger("flask_tailnet")
 
-#: The environ key that holds the request's :class:`Peer` once the guard admitted it.
-PEER_KEY = "flask_tailnet.peer"
-EXTENSION_KEY = "tailnet"
-TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
-SESSION_KEY_FILE = "session_key"
 _EXEMPT_ATTR = "_tailnet_exempt"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Unauthorized(exceptions.Unauthorized):
-    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check."""
-
-    def __init__(self, realm: str) -> None:
-        super().__init__("A credential is required.")
-        self.realm = realm
-
-    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
-        return [
-            ("Content-Type", "application/json"),
-            ("Cache-Control", "no-store"),
-            ("WWW-Authenticate", f'Bearer realm="{self.realm}"'),
-        ]
-
-    def get_body(self, *args: Any, **kwargs: Any) -> str:
-        return json.dumps({"error": "unauthorized", "message": self.description})
-
-
-class Forbidden(exceptions.Forbidden):
-    """A flat 403 with a JSON body; the same for every refusal, so it tells nothing."""
-
-    def __init__(self) -> None:
-        super().__init__("This request is not served.")
-
-    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
-
-    def get_body(self, *args: Any, **kwargs: Any) -> str:
-        return json.dumps({"error": "forbidden", "message": self.description})
-
-
-@dataclass(frozen=True, slots=True)
-class GuardState:
-    """Everything one app's guard holds: ``app.extensions["tailnet"]``."""
-
-    settings: settings_module.Settings
-    gate: Gate
-    token_file: SecretFile
-    credentials: LoginCredentials
-    sessions: SessionCodec
-    attempts: Attempts
-    steps: tuple[Step, ...]
 
 
 class TailnetGuard:
@@ -146,62 +109,11 @@ class TailnetGuard:
         return view
 
 
-def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
-    """Everything one app's guard needs, from validated settings. Raises
-    :class:`~flask_tailnet.ConfigurationError` when a chosen method cannot work here."""
-    token_file = SecretFile(conf.state_dir, TOKEN_FILE, min_length=MIN_SECRET_LENGTH)
-    problem = pam_problem(conf.pam_service)
-    pam = None
-    if problem is None and conf.auth in ("auto", "pam"):
-        try:
-            pam = PamVerifier(conf.pam_service, conf.pam_users)
-        except (TypeError, ValueError) as exc:
-            raise settings_module.ConfigurationError(
-                f"{settings_module.PAM_USERS}: {exc}"
-            ) from None
-    if conf.auth == "pam" and pam is None:
-        raise settings_module.ConfigurationError(
-            f"TAILNET_AUTH is 'pam', but PAM cannot be used: {problem}"
-        )
-    passwords = PasswordSource(conf.password_env, SecretFile(conf.state_dir, PASSWORD_FILE))
-    if conf.auth == "password" and passwords.current() is None:
-        raise settings_module.ConfigurationError(
-            f"TAILNET_AUTH is 'password', but no password is set: set the environment variable "
-            f"{conf.password_env}, or write the password file {passwords.file.path} with "
-            "`flask tailnet password` while TAILNET_AUTH is not 'password' (the command loads "
-            "the app, which this setting stops), then set it again"
-        )
-    try:
-        budget = AttemptBudget(conf.login_limits, conf.ratelimit_storage_uri, namespace=namespace)
-    except ValueError as exc:
-        raise settings_module.ConfigurationError(str(exc)) from None
-    attempts = Attempts(budget)
-    credentials = LoginCredentials(conf.auth, token_file, passwords, pam, problem)
-    key_file = SecretFile(conf.state_dir, SESSION_KEY_FILE, min_length=MIN_SECRET_LENGTH)
-    sessions = SessionCodec(key_file, conf.session_lifetime)
-    return GuardState(
-        settings=conf,
-        gate=Gate(
-            policy=Policy(conf.network, conf.allowlist),
-            allowed_hosts=conf.allowed_hosts,
-            trusted_proxies=conf.trusted_proxies,
-            local_bypass=conf.local_bypass,
-        ),
-        token_file=token_file,
-        credentials=credentials,
-        sessions=sessions,
-        attempts=attempts,
-        steps=(  # API clients' bearer token first: it is the most frequent and cheapest
-            BearerToken(token_file, attempts).check,
-            SessionCookie(conf.cookie_name, sessions, credentials).check,
-            BasicAuth(credentials, attempts).check,
-        ),
-    )
-
-
-class Refusals:
-    """The slow paths of the guard: exempt views, logins, and refusals through the app's error
-    handlers."""
+class SlowPaths:
+    """What the guard does with a request that the gate and the cascade did not admit: a
+    ``?token=`` link logs the browser in, an exempt view is served to the anonymous peer, a
+    browser is sent to the login page, and every refusal (401, 403, 429) is answered through the
+    app's error handlers. None of it runs for an admitted request."""
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> None:
         self.app = app
@@ -214,15 +126,13 @@ class Refusals:
         """What to answer a request without a valid credential: a ``?token=`` login (a
         response), ``None`` when its view is exempt (the app then serves it to the anonymous
         peer), a redirect to the login page for a browser's GET, else 401."""
-        link = login.token_link(self.state, environ, anonymous)
+        link = token_link_login(self.state, environ, anonymous)
         if link is not None:
             return link
         if self.exempt_view(environ):
             return None
-        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and login.prefers_html(environ):
-            response = redirect(login.login_url(self.state, environ), 303)
-            response.headers["Cache-Control"] = "no-store"
-            return response
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and prefers_html(environ):
+            return login_redirect(self.state, environ)
         return Unauthorized(self.state.settings.realm)
 
     def exempt_view(self, environ: WSGIEnvironment) -> bool:
@@ -247,7 +157,7 @@ class Refusals:
     ) -> WSGIApplication | exceptions.HTTPException | None:
         """The answer to a cascade that did not admit the peer (see :meth:`unauthenticated`)."""
         if isinstance(result, Limited):
-            return login.too_many(result.retry_after)
+            return too_many(result.retry_after)
         if result is FORBID:
             return Forbidden()
         return self.unauthenticated(environ, anonymous)
@@ -282,7 +192,7 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
     """
     admit = state.gate.admit
     steps = state.steps
-    slow = Refusals(app, wsgi_app, state)
+    slow = SlowPaths(app, wsgi_app, state)
     serve, authenticate, deny, peer_key = Outcome.SERVE, Outcome.AUTHENTICATE, DENY, PEER_KEY
 
     def guard(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -331,8 +241,3 @@ def _current_peer() -> Peer:
 
 #: The :class:`Peer` of the current request (like Flask-Login's ``current_user``).
 current_peer: Peer = cast(Peer, LocalProxy(_current_peer))
-
-
-def guard_state(app: Flask) -> GuardState | None:
-    """The guard state of ``app``, or ``None`` when the app does not use the extension."""
-    return cast("GuardState | None", app.extensions.get(EXTENSION_KEY))

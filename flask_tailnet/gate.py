@@ -23,14 +23,12 @@ from .addresses import MAX_ADDRESS_LENGTH, IPAddress, Network, Policy, in_networ
 from .caches import BoundedCache
 from .hosts import MAX_HOST_LENGTH, HostCheck, HostRule, cross_site
 from .peer import Peer
-from .proxies import FUNNEL_KEY, PROXY_HEADER_KEYS, forwarded_client
+from .proxies import FUNNEL_KEY, PROXY_HEADER_KEYS, as_received, forwarded_client
 
 log = logging.getLogger("flask_tailnet")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CACHE_LIMIT = 4096
-#: werkzeug's ProxyFix keeps the socket's values here when it rewrites REMOTE_ADDR and HTTP_HOST.
-PROXY_FIX_ORIG = "werkzeug.proxy_fix.orig"
 
 
 class Outcome(enum.Enum):
@@ -89,7 +87,7 @@ class Gate:
         trusted proxy, a forwarded client) outside the policy; any request marked as Funnel traffic
         unless the policy is ``"any"``; a cross-site unsafe request or WebSocket upgrade to the
         loopback bypass."""
-        source = environ.get(PROXY_FIX_ORIG, environ)
+        source = as_received(environ)
         key = (source.get("REMOTE_ADDR"), source.get("HTTP_HOST"))
         try:
             route = self._routes[key]

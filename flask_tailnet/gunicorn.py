@@ -26,7 +26,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, NoReturn
-from urllib.parse import quote_from_bytes
 
 from flask import Flask
 from gunicorn.app.base import Application
@@ -36,7 +35,6 @@ from gunicorn.glogging import Logger
 from . import binds as binds_module
 from .addresses import parse_ip
 from .binds import Bind, BindRefused
-from .extension import GuardState, guard_state
 from .machine import can_listen_on, machine_addresses
 from .redaction import (
     REDACTED,
@@ -48,6 +46,9 @@ from .redaction import (
     redact_text,
 )
 from .secretfile import UnsafeSecretFile, ensure_private_dir
+from .settings import DEFAULT_PORT
+from .state import GuardState, guard_state
+from .token import login_link
 
 __all__ = [  # the redaction names are re-exported: gunicorn users name them from here
     "REDACTED",
@@ -65,7 +66,6 @@ __all__ = [  # the redaction names are re-exported: gunicorn users name them fro
 ]
 
 #: The port of the default binds: gunicorn's own default, or ``$PORT`` as gunicorn reads it.
-DEFAULT_PORT = 8000
 #: What to install when gunicorn is missing.
 INSTALL_HINT = "pip install 'flask-tailnet[gunicorn]'"
 
@@ -142,10 +142,9 @@ def login_urls(
     """``http://<address>:<port>/?token=<token>`` for every TCP bind, IPv6 in brackets; a wildcard
     bind stands for loopback and ``tailnet_addresses``. Unix sockets and inherited file
     descriptors have no URL."""
-    quoted = quote_from_bytes(token, safe="")
     urls: list[str] = []
     for bind in checked:
-        if bind.kind != "tcp":
+        if bind.kind != "tcp" or bind.port is None:  # a TCP bind always has its port
             continue
         if bind.ip is None:
             hosts = [bind.host or "localhost"]
@@ -154,8 +153,7 @@ def login_urls(
         else:
             hosts = [str(bind.ip)]
         for host in hosts:
-            netloc = f"[{host}]" if ":" in host else host
-            url = f"http://{netloc}:{bind.port}/?token={quoted}"
+            url = login_link("http", host, bind.port, token)
             if url not in urls:
                 urls.append(url)
     return urls
@@ -185,7 +183,7 @@ def _default_bind() -> tuple[list[str], bool, str | None]:
     try:
         configured, _ = binds_module.binds_from_env(os.environ)
     except BindRefused as exc:
-        return ["127.0.0.1:8000"], False, str(exc)
+        return [f"127.0.0.1:{DEFAULT_PORT}"], False, str(exc)
     if configured:
         return configured, False, None
     try:

@@ -31,13 +31,16 @@ from itsdangerous.encoding import base64_decode, base64_encode
 
 from .caches import BoundedCache
 from .secretfile import MIN_SECRET_LENGTH, SecretFile
+from .settings import DEFAULTS, SESSION_LIFETIME
 
+#: The session key's file name in the state directory.
+SESSION_KEY_FILE = "session_key"
 #: How a session was opened.
 SessionMethod = Literal["token", "password", "pam"]
 METHODS: frozenset[str] = frozenset(("token", "password", "pam"))
 
-#: Default session lifetime: 12 hours.
-DEFAULT_LIFETIME = 12 * 3600.0
+#: The session lifetime when none is given: ``TAILNET_SESSION_LIFETIME``'s default.
+DEFAULT_LIFETIME = float(DEFAULTS[SESSION_LIFETIME])
 #: How far in the future (seconds) an issue time may lie: clocks step back (NTP), not forward.
 MAX_CLOCK_SKEW = 60.0
 #: Longer cookie values are refused unread (browsers keep at most 4096 bytes per cookie).

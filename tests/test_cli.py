@@ -20,8 +20,8 @@ from flask.testing import FlaskCliRunner
 
 from flask_tailnet import cli as cli_module
 from flask_tailnet.cli import MAX_PASSWORD_LENGTH, tailnet
-from flask_tailnet.extension import GuardState
 from flask_tailnet.masking import mask_uri
+from flask_tailnet.state import GuardState
 
 from .conftest import TAILNET_PEER, addresses_on_lo, call, make_app, serving_example_app
 
@@ -237,7 +237,7 @@ def test_password_problem_table(password: str, problem: str | None) -> None:
 def password_login(state_dir: Path, password: str) -> bool:
     """Whether ``password`` logs in to a fresh app in password mode on ``state_dir``."""
     app = make_app(state_dir, auth="password", password_env="TAILNET_UNSET_FOR_TESTS")
-    return state_of(app).credentials.check(None, password) == ("password", None)
+    return state_of(app).credentials.verify(None, password) == ("password", None)
 
 
 @pytest.mark.parametrize(
@@ -268,7 +268,7 @@ def test_password_generate_prints_it_once_and_it_logs_in(state_dir: Path) -> Non
     assert not password_login(state_dir, generated[:-1])
     # In token mode the password is kept for later but logs nobody in; the command says so.
     assert "login method now: token (TAILNET_AUTH is 'token')" in result.stderr
-    assert state_of(app).credentials.check(None, generated) is None
+    assert state_of(app).credentials.verify(None, generated) is None
 
 
 def test_password_generate_again_replaces_the_old_one(
