@@ -23,7 +23,7 @@ from .addresses import MAX_ADDRESS_LENGTH, IPAddress, Network, Policy, in_networ
 from .caches import BoundedCache
 from .hosts import MAX_HOST_LENGTH, HostCheck, HostRule, cross_site
 from .peer import Peer
-from .proxies import FUNNEL_KEY, PROXY_HEADER_KEYS, as_received, forwarded_client
+from .proxies import FUNNEL_KEY, PROXY_FIX_ORIG, PROXY_HEADER_KEYS, forwarded_client
 
 log = logging.getLogger("flask_tailnet")
 
@@ -87,7 +87,8 @@ class Gate:
         trusted proxy, a forwarded client) outside the policy; any request marked as Funnel traffic
         unless the policy is ``"any"``; a cross-site unsafe request or WebSocket upgrade to the
         loopback bypass."""
-        source = as_received(environ)
+        # proxies.as_received, inlined: a call costs a tenth of this method, on every request
+        source = environ.get(PROXY_FIX_ORIG, environ)
         key = (source.get("REMOTE_ADDR"), source.get("HTTP_HOST"))
         try:
             route = self._routes[key]

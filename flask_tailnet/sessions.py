@@ -6,11 +6,12 @@ payload is compact JSON ``[user, method, fingerprint]`` in URL-safe base64. Pure
 the adapter sets the cookie's attributes (HttpOnly, SameSite, Secure).
 
 The cookie never holds a credential nor a plain hash of one: code-server put the password hash in
-its cookie and the hash became a password (pitfalls 8). The fingerprint is an HMAC of the credential
-under a key derived from the session key, cut to 16 bytes, so a stolen cookie cannot be used to
-test password guesses offline without the server's key, and it is checked against the credential
-in force *now*, so rotating the token or changing the password ends the sessions made with the old
-one (Jupyter #1566, pitfalls 7). Rotating ``session_key`` ends every session.
+its cookie and the hash became a password (docs/security.md, "The known attacks", item 8). The
+fingerprint is an HMAC of the credential under a key derived from the session key, cut to 16
+bytes, so a stolen cookie cannot be used to test password guesses offline without the server's key,
+and it is checked against the credential in force *now*, so rotating the token or changing the
+password ends the sessions made with the old one (Jupyter #1566; item 7 of the same list).
+Rotating ``session_key`` ends every session.
 """
 
 from __future__ import annotations
