@@ -233,7 +233,7 @@ def load_states(server: Any) -> list[GuardState]:
     return find_guard_states(wsgi)
 
 
-def check(server: Any, states: Sequence[GuardState]) -> list[Bind]:
+def checked_binds(server: Any, states: Sequence[GuardState]) -> list[Bind]:
     """The checked binds of ``server``: its ``bind`` setting, or the sockets it inherits (from
     systemd, or from the master that re-executed it). Raises :class:`BindRefused` naming every
     refused bind, or when no app uses flask-tailnet."""
@@ -304,7 +304,7 @@ def on_starting(server: Any) -> None:
         )
     try:
         states = load_states(server)
-        checked = check(server, states)
+        checked = checked_binds(server, states)
         tokens = [prepare(state) for state in states]
     except BindRefused as exc:
         _refuse(server, str(exc))
@@ -334,7 +334,7 @@ def _check_on_reload(server: Any) -> None:
         reload()
         reloaded = SimpleNamespace(cfg=server.app.cfg, app=server.app)
         try:
-            check(reloaded, load_states(reloaded))
+            checked_binds(reloaded, load_states(reloaded))
         except BindRefused as exc:
             raise HaltServer(f"flask-tailnet: refusing to serve: {exc}", 1) from None
 
@@ -392,7 +392,7 @@ def on_reload(server: Any) -> None:
     stops the server (exit 1) instead of serving it. A second line of defence: the check already
     ran before gunicorn bound the new addresses (see :func:`on_starting`)."""
     try:
-        check(server, load_states(server))
+        checked_binds(server, load_states(server))
     except BindRefused as exc:
         raise HaltServer(f"flask-tailnet: refusing to serve: {exc}", 1) from None
 
