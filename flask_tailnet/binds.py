@@ -41,6 +41,7 @@ from .addresses import (
     TAILNET_V6,
     IPAddress,
     in_networks,
+    is_loopback,
     is_tailnet,
     parse_ip,
 )
@@ -230,7 +231,7 @@ def address_problem(ip: IPAddress, *, network: str, allow_wildcard: bool) -> str
         if allow_wildcard:
             return None
         return f"the wildcard address serves every network this machine is on; {_WILDCARD_FIX}"
-    if ip.is_loopback or is_tailnet(ip):
+    if is_loopback(ip) or is_tailnet(ip):
         return None
     if in_networks(ip, (TAILNET_V4, TAILNET_V6)):
         return (

@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .addresses import MAX_ADDRESS_LENGTH, IPAddress, Network, Policy, in_networks, parse_ip
+from .addresses import (
+    MAX_ADDRESS_LENGTH,
+    IPAddress,
+    Network,
+    Policy,
+    in_networks,
+    is_loopback,
+    parse_ip,
+)
 from .caches import BoundedCache
 from .hosts import MAX_HOST_LENGTH, HostCheck, HostRule, cross_site
 from .peer import Peer
@@ -132,7 +140,7 @@ class Gate:
         address = None if ip is None else str(ip)
         host_ok = self.host_ok(host)
         admitted = host_ok and self.policy.admits(ip)
-        bypass = admitted and ip is not None and ip.is_loopback and self.local_bypass
+        bypass = admitted and is_loopback(ip) and self.local_bypass
         if not admitted:
             verdict = REFUSED
         elif bypass:

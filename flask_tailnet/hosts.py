@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .addresses import IPAddress, parse_ip
+from .addresses import IPAddress, is_loopback, parse_ip
 from .caches import BoundedCache
 from .proxies import forwarded_scheme
 
@@ -129,7 +129,7 @@ class HostCheck:
             return False
         name, ip, _ = parts
         if ip is not None:
-            return ip.is_loopback or self._admits_ip(ip)
+            return is_loopback(ip) or self._admits_ip(ip)
         if name == "localhost":
             return True
         return any(rule.matches(name) for rule in self._rules)
