@@ -19,8 +19,6 @@ from .caches import BoundedCache
 from .gate import SAFE_METHODS
 from .hosts import cross_site
 from .methods import LoginMethod, MethodChoice
-from .pamauth import PamVerifier
-from .passwords import PasswordSource
 from .peer import Peer, logged_in
 from .proxies import original_host
 from .secretfile import SecretFile
@@ -239,19 +237,12 @@ class LoginCredentials:
     """What a person may log in with: the method in force (chosen by :mod:`flask_tailnet.methods`),
     and the bearer token in every mode."""
 
-    def __init__(
-        self,
-        mode: str,
-        token_file: SecretFile,
-        passwords: PasswordSource,
-        pam: PamVerifier | None,
-        pam_problem: str | None,
-    ) -> None:
+    def __init__(self, token_file: SecretFile, choice: MethodChoice) -> None:
         self.token_file = token_file
-        self.passwords = passwords
-        self.pam = pam
-        self.choice = MethodChoice(mode, passwords, pam, pam_problem)
-        self._method = self.choice.method  # bound once: in_force runs on remembered requests
+        self.choice = choice
+        self.passwords = choice.passwords
+        self.pam = choice.pam
+        self._method = choice.method  # bound once: in_force runs on remembered requests
 
     def verify(self, username: str | None, secret: str) -> tuple[LoginMethod, str | None] | None:
         """The method and user that ``secret`` (with ``username`` for PAM) logs in as, or ``None``.

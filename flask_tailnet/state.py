@@ -11,6 +11,7 @@ from .addresses import Policy
 from .attempts import Attempts
 from .credentials import BasicAuth, BearerToken, LoginCredentials, SessionCookie, Step
 from .gate import Gate
+from .methods import MethodChoice
 from .pamauth import PamVerifier, pam_problem
 from .passwords import PASSWORD_FILE, PasswordSource
 from .ratelimit import AttemptBudget
@@ -68,7 +69,7 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
     except ValueError as exc:
         raise settings_module.ConfigurationError(str(exc)) from None
     attempts = Attempts(budget)
-    credentials = LoginCredentials(conf.auth, token_file, passwords, pam, problem)
+    credentials = LoginCredentials(token_file, MethodChoice(conf.auth, passwords, pam, problem))
     key_file = SecretFile(conf.state_dir, SESSION_KEY_FILE, min_length=MIN_SECRET_LENGTH)
     sessions = SessionCodec(key_file, conf.session_lifetime)
     return GuardState(
