@@ -77,4 +77,8 @@ def bare(config: dict[str, Any] | None = None) -> Flask:
     def health() -> ResponseReturnValue:
         return "ok"
 
+    @app.get("/admin")
+    def admin() -> ResponseReturnValue:
+        return jsonify(method=current_peer.method, user=current_peer.user)
+
     return app

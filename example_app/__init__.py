@@ -1,4 +1,5 @@
-"""A small real app behind flask-tailnet: an HTML page, a JSON endpoint and an exempt health check.
+"""A small real app behind flask-tailnet: an HTML page, a JSON endpoint, an exempt health check and
+an admin view that asks even loopback for a credential.
 
 Run it with ``flask --app example_app run`` (loopback) or
 ``flask --app example_app run --host <your tailnet IP>``; ``flask --app example_app tailnet token``
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify, render_template_string
+from flask import Flask, jsonify, render_template_string, url_for
 from flask.typing import ResponseReturnValue
 
 from flask_tailnet import TailnetGuard, current_peer
@@ -49,7 +50,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.get("/")
     def index() -> ResponseReturnValue:
-        logout = app.extensions["tailnet"].settings.login_prefix + "/logout"
+        logout = url_for("tailnet.logout")
         return render_template_string(PAGE, peer=current_peer, logout=logout)
 
     @app.get("/api/whoami")
@@ -65,5 +66,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @guard.exempt
     def health() -> ResponseReturnValue:
         return "ok"
+
+    @app.get("/admin")
+    @guard.login_required
+    def admin() -> ResponseReturnValue:
+        return jsonify(method=current_peer.method, user=current_peer.user)
 
     return app

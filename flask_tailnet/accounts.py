@@ -25,6 +25,9 @@ SHADOW = "/etc/shadow"
 #: Where ``pam_unix``'s helper may be, in order. Absolute paths only: never a ``PATH`` lookup.
 UNIX_CHKPWD = ("/usr/sbin/unix_chkpwd", "/sbin/unix_chkpwd")
 
+#: What glibc's ``isspace`` calls a blank: ``nss_files`` skips these at the start of a line, so
+#: `` alice::...`` is ``alice``'s entry (``getent shadow alice`` shows it).
+_C_SPACE = " \t\n\v\f\r"
 _PAM_SUCCESS = 0
 _PAM_AUTH_ERR = 7
 _HELPER_TIMEOUT = 10.0
@@ -64,12 +67,13 @@ def password_account(user: str) -> Account:
 
 
 def _shadow_hash(user: str) -> Account | None:
-    """From :data:`SHADOW`, the first line for ``user`` (as NSS's ``files`` source takes it);
-    ``None`` when the file cannot be read or has no line for ``user``."""
+    """From :data:`SHADOW`, the first line for ``user`` (as NSS's ``files`` source takes it,
+    after the blanks it skips at the start of a line); ``None`` when the file cannot be read or
+    has no line for ``user``."""
     try:
         with open(SHADOW, encoding="utf-8", errors="surrogateescape") as handle:
             for line in handle:
-                fields = line.rstrip("\n").split(":")
+                fields = line.lstrip(_C_SPACE).rstrip("\n").split(":")
                 if fields[0] != user:
                     continue
                 if len(fields) < 2:

@@ -3,34 +3,27 @@
 The guard wraps ``app.wsgi_app``, so every request (404s, static files, automatic OPTIONS
 included) is decided before Flask routes it, at the cost of one function call: a
 ``before_request`` hook alone would cost more than the whole decision. Refusals are raised
-through Flask's own error handling, so ``@app.errorhandler(401)`` and ``(403)`` work.
+through Flask's own error handling, so ``@app.errorhandler(401)``, ``(403)`` and ``(429)`` work.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Flask, request
+from flask import Blueprint, Flask, current_app, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
 from . import devserver, login
 from . import settings as settings_module
-from .attempts import Limited
-from .credentials import DENY, FORBID
+from .credentials import DENY
 from .gate import Outcome
 from .peer import NOBODY, PEER_KEY, Peer
 from .redaction import redact_logger
-from .responses import (
-    Forbidden,
-    Unauthorized,
-    login_redirect,
-    prefers_html,
-    token_link_login,
-    too_many,
-)
+from .responses import Forbidden, challenge, denial
 from .secretfile import UnsafeSecretFile, ensure_private_dir
 from .sessions import SESSION_KEY_FILE
 from .state import EXTENSION_KEY, GuardState, build_state, guard_state
@@ -58,8 +51,11 @@ __all__ = [
 log = logging.getLogger("flask_tailnet")
 
 _EXEMPT_ATTR = "_tailnet_exempt"
+_REQUIRED_ATTR = "_tailnet_login_required"
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: What :meth:`TailnetGuard.exempt` marks: a view function, or a blueprint.
+E = TypeVar("E", bound=Callable[..., Any] | Blueprint)
 
 
 class TailnetGuard:
@@ -76,18 +72,26 @@ class TailnetGuard:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Validate the settings and install the guard. Calling it again for the same app does
-        nothing. Raises :class:`~flask_tailnet.ConfigurationError` for a bad setting, and when
-        ``flask run`` would start werkzeug's debugger on an address other than loopback (it
-        answers before the guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then
-        refuses the same."""
-        if EXTENSION_KEY in app.extensions:
+        """Validate the settings and install the guard. Calling it again for the same app with
+        the same settings does nothing; with other settings it raises
+        :class:`~flask_tailnet.ConfigurationError` (the app keeps the guard it has, so the new
+        settings would never apply). Raises the same for a bad setting, and when ``flask run``
+        would start werkzeug's debugger on an address other than loopback (it answers before the
+        guard; see :mod:`flask_tailnet.devserver`). ``app.run()`` then refuses the same."""
+        config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
+        config.update(self._overrides)
+        installed = guard_state(app)
+        if installed is not None:
+            conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
+            if conf != installed.settings:
+                raise settings_module.ConfigurationError(
+                    f"the app {app.name!r} already has a TailnetGuard with other settings; a "
+                    "second guard would never run: give every setting to the first one"
+                )
             return
         problem = devserver.flask_run_problem()
         if problem is not None:
             raise devserver.DebuggerRefused(problem)
-        config = {k: v for k, v in app.config.items() if k.startswith("TAILNET_")}
-        config.update(self._overrides)
         conf = settings_module.load(config, instance_path=app.instance_path, app_name=app.name)
         state = build_state(conf, app.name)
         if conf.state_dir.exists():
@@ -102,11 +106,96 @@ class TailnetGuard:
         devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod
-    def exempt(view: F) -> F:
-        """Serve ``view`` without a credential. The Host check, the network policy, the allowlist,
-        the proxy rules and the cross-site refusal of the loopback bypass still apply."""
-        setattr(view, _EXEMPT_ATTR, True)
+    def exempt(view: E) -> E:
+        """Serve ``view`` without a credential, or every view of a :class:`~flask.Blueprint`
+        (its nested blueprints and its static files included, whenever they are registered; a view
+        belongs to the blueprint its endpoint's dotted name starts with, as in Flask). The
+        Host check, the network policy, the allowlist, the proxy rules and the cross-site refusal
+        of the loopback bypass still apply, and :meth:`login_required` wins over it.
+
+        Raises :class:`TypeError` for anything else (a class, a string, ``None``, the app): a
+        mark that nothing reads would leave the view asking for a credential without a word.
+        """
+        if not isinstance(view, Blueprint):
+            _refuse_non_view("exempt", view)
+        try:
+            setattr(view, _EXEMPT_ATTR, True)
+        except (AttributeError, TypeError):
+            raise TypeError(f"guard.exempt cannot mark {view!r}: decorate the function") from None
         return view
+
+    @staticmethod
+    def login_required(view: F) -> F:
+        """Ask for a credential before ``view`` runs, even from loopback (like Flask-HTTPAuth's
+        ``login_required``): for the one view that not every local process should reach.
+
+        A peer the loopback bypass served (``current_peer.method == "loopback"``) must present
+        what a remote peer presents: the bearer token, a session cookie, or Basic; the cascade
+        and its refusals are the remote peer's (a browser's GET goes to the login page, an API
+        client gets 401, a cross-site request riding on a cookie 403). The peer the view then
+        sees is the authenticated one (``local`` is false). Remote peers were already asked by
+        the guard; an anonymous peer that an exempt view or blueprint let through is asked
+        here, so this decorator wins over :meth:`exempt`. Other views pay nothing for it.
+
+        The app's ``before_request`` hooks run before this check, as they run for every other
+        loopback request. Raises :class:`TypeError` for anything that is not a view function.
+        """
+        _refuse_non_view("login_required", view)
+
+        @functools.wraps(view)
+        def required(*args: Any, **kwargs: Any) -> Any:
+            peer = request.environ.get(PEER_KEY, NOBODY)
+            if peer.method in _ASKED_HERE:
+                answer = _credential_for_view(request.environ, peer)
+                if answer is not None:
+                    if isinstance(answer, exceptions.HTTPException):
+                        raise answer
+                    return answer
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        setattr(required, _REQUIRED_ATTR, True)
+        return cast(F, required)
+
+
+#: The methods of peers that :meth:`TailnetGuard.login_required` asks for a credential.
+_ASKED_HERE = frozenset({"loopback", "none"})
+
+
+def _refuse_non_view(decorator: str, view: object) -> None:
+    """Raise :class:`TypeError` unless ``view`` can be a view function."""
+    if isinstance(view, type):
+        raise TypeError(
+            f"guard.{decorator} takes a view function, not the class {view.__name__}: "
+            f"list it in the class's `decorators` or decorate {view.__name__}.as_view(...)"
+        )
+    if not callable(view) or isinstance(view, Flask):
+        raise TypeError(f"guard.{decorator} takes a view function, not {view!r}")
+
+
+def _credential_for_view(environ: WSGIEnvironment, peer: Peer) -> Any:
+    """For a view under :meth:`TailnetGuard.login_required`: ``None`` once a credential admitted
+    the peer (now the request's peer), else the refusal to raise or the response to return.
+
+    A loopback peer goes through the whole cascade, as a remote one does in the middleware. An
+    anonymous peer already went through it there (an exempt view served it): it is not asked to
+    spend another attempt, only sent to log in.
+    """
+    state = guard_state(current_app)
+    if state is None:
+        raise RuntimeError("guard.login_required is used on an app without a TailnetGuard")
+    anonymous = Peer(peer.address, "none", via_proxy=peer.via_proxy)
+    if peer.method == "none":
+        return challenge(state, environ)
+    for step in state.steps:
+        result = step(environ, anonymous)
+        if result is not None:
+            break
+    else:
+        result = DENY
+    if isinstance(result, Peer):
+        environ[PEER_KEY] = result
+        return None
+    return denial(state, environ, result, anonymous, exempt_view=None)
 
 
 class SlowPaths:
@@ -119,21 +208,6 @@ class SlowPaths:
         self.app = app
         self.wsgi_app = wsgi_app
         self.state = state
-
-    def unauthenticated(
-        self, environ: WSGIEnvironment, anonymous: Peer
-    ) -> WSGIApplication | exceptions.HTTPException | None:
-        """What to answer a request without a valid credential: a ``?token=`` login (a
-        response), ``None`` when its view is exempt (the app then serves it to the anonymous
-        peer), a redirect to the login page for a browser's GET, else 401."""
-        link = token_link_login(self.state, environ, anonymous)
-        if link is not None:
-            return link
-        if self.exempt_view(environ):
-            return None
-        if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and prefers_html(environ):
-            return login_redirect(self.state, environ)
-        return Unauthorized(self.state.settings.realm)
 
     def exempt_view(self, environ: WSGIEnvironment) -> bool:
         """Whether the request routes to a view marked exempt. Only the URL map is consulted: no
@@ -150,17 +224,21 @@ class SlowPaths:
         except exceptions.HTTPException:
             return False
         view = app.view_functions.get(rule.endpoint)
-        return getattr(view, _EXEMPT_ATTR, False) is True
+        if getattr(view, _EXEMPT_ATTR, False) is True:
+            return True
+        # "outer.inner.view": the blueprints it was registered through, innermost first
+        blueprint, _, _ = rule.endpoint.rpartition(".")
+        while blueprint:
+            if getattr(app.blueprints.get(blueprint), _EXEMPT_ATTR, False) is True:
+                return True
+            blueprint, _, _ = blueprint.rpartition(".")
+        return False
 
     def denied(
         self, environ: WSGIEnvironment, result: object, anonymous: Peer
     ) -> WSGIApplication | exceptions.HTTPException | None:
-        """The answer to a cascade that did not admit the peer (see :meth:`unauthenticated`)."""
-        if isinstance(result, Limited):
-            return too_many(result.retry_after)
-        if result is FORBID:
-            return Forbidden()
-        return self.unauthenticated(environ, anonymous)
+        """The answer to a cascade that did not admit the peer (see :func:`denial`)."""
+        return denial(self.state, environ, result, anonymous, self.exempt_view)
 
     def refuse(
         self,

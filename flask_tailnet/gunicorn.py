@@ -16,11 +16,13 @@ The decisions live in :mod:`flask_tailnet.binds`; this module only adapts them t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
 import shlex
 import socket
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -71,6 +73,42 @@ INSTALL_HINT = "pip install 'flask-tailnet[gunicorn]'"
 
 _log = logging.getLogger("flask_tailnet")
 _FD_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+#: Why ``--protocol uwsgi`` is refused (see :func:`check`).
+_UWSGI_FIX = (
+    "--protocol uwsgi cannot be guarded: every request comes through the front server on "
+    "loopback, which names the client only in the packet's REMOTE_ADDR (gunicorn drops it), so "
+    "every client would get the loopback bypass and no attempt budget; serve HTTP on "
+    "127.0.0.1:PORT behind the proxy (proxy_pass with X-Forwarded-For) and list 127.0.0.1 in "
+    "TAILNET_TRUSTED_PROXIES"
+)
+
+
+def proxy_protocol_problem(cfg: Any) -> str | None:
+    """Why gunicorn's PROXY protocol settings may not be served, or ``None``. With
+    ``--proxy-protocol`` on, gunicorn sets ``REMOTE_ADDR`` to the address a PROXY header names, so
+    a sender allowed by ``--proxy-allow-from`` picks the address the guard judges (``127.0.0.1``
+    gets the loopback bypass). Refused: any allowed sender that is not a loopback address or a
+    network of loopback addresses only (``*``, a tailnet or LAN range)."""
+    if str(getattr(cfg, "proxy_protocol", "off")).lower() in ("off", "false", "none", "0"):
+        return None
+    allowed = getattr(cfg, "proxy_allow_ips", None) or []
+    for entry in [allowed] if isinstance(allowed, str) else allowed:
+        try:
+            network = ipaddress.ip_network(str(entry).strip(), strict=False)
+        except ValueError:
+            network = None
+        if network is None or not (
+            network.network_address.is_loopback and network.broadcast_address.is_loopback
+        ):
+            return (
+                f"--proxy-protocol with --proxy-allow-from {str(entry)[:60]!r}: whoever may "
+                "send a PROXY header picks the client address flask-tailnet sees (127.0.0.1 gets "
+                "the loopback bypass); allow only the proxy on this machine (127.0.0.1,::1, the "
+                "default)"
+            )
+    return None
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -236,7 +274,9 @@ def load_states(server: Any) -> list[GuardState]:
 def checked_binds(server: Any, states: Sequence[GuardState]) -> list[Bind]:
     """The checked binds of ``server``: its ``bind`` setting, or the sockets it inherits (from
     systemd, or from the master that re-executed it). Raises :class:`BindRefused` naming every
-    refused bind, or when no app uses flask-tailnet."""
+    refused bind, when no app uses flask-tailnet, under ``--protocol uwsgi`` (its requests all
+    come from the front server on loopback, without a proxy header the guard can believe), and
+    for PROXY protocol senders other than loopback (see :func:`proxy_protocol_problem`)."""
     if not states:
         raise BindRefused(
             "the app gunicorn loads does not use flask-tailnet, so nothing would guard it: "
@@ -244,6 +284,11 @@ def checked_binds(server: Any, states: Sequence[GuardState]) -> list[Bind]:
         )
     if _ENV_PROBLEM is not None:
         raise BindRefused(_ENV_PROBLEM)
+    if str(getattr(server.cfg, "protocol", "http")).lower() == "uwsgi":
+        raise BindRefused(_UWSGI_FIX)
+    proxy_problem = proxy_protocol_problem(server.cfg)
+    if proxy_problem is not None:
+        raise BindRefused(proxy_problem)
     _, allow_env = binds_module.binds_from_env(os.environ)
     app_binds = [state.settings.bind for state in states]
     if list(server.cfg.bind) == bind and not _FROM_ENV and any(app_binds):
@@ -343,14 +388,40 @@ def _check_on_reload(server: Any) -> None:
 
 
 def stderr_is_a_terminal() -> bool:
-    """Whether the master's standard error is a terminal: file descriptor 2 and ``sys.stderr``
-    both. Anything else (a file, ``--capture-output``'s error log, a pipe, the journal, a
-    container log, ``/dev/null``) may be kept and read later by others."""
+    """Whether the master's standard error is a terminal of its own: file descriptor 2 and
+    ``sys.stderr`` both, and not the terminal of the first process (PID 1) of the machine or
+    container. Anything else (a file, ``--capture-output``'s error log, a pipe, the journal, a
+    container log, ``/dev/null``, the terminal that ``docker run -t`` or ``tty: true`` gives a
+    container's main process, which the runtime's log records) may be kept and read later by
+    others."""
     try:
         fileno = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # None, or a stream without a descriptor
         return False
-    return os.isatty(2) and os.isatty(fileno)
+    return os.isatty(2) and os.isatty(fileno) and not _first_process_terminal(2)
+
+
+#: Where PID 1 writes: the terminal a container runtime records is the one on these.
+_FIRST_PROCESS_OUTPUTS = ("/proc/1/fd/1", "/proc/1/fd/2")
+
+
+def _first_process_terminal(fd: int) -> bool:
+    """Whether the terminal ``fd`` is the one PID 1 of this PID namespace writes to (this process
+    being PID 1 included); ``False`` when PID 1's descriptors cannot be read."""
+    if os.getpid() == 1:
+        return True
+    try:
+        ours = os.fstat(fd)
+    except OSError:
+        return True
+    for path in _FIRST_PROCESS_OUTPUTS:
+        try:
+            theirs = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISCHR(theirs.st_mode) and theirs.st_rdev == ours.st_rdev:
+            return True
+    return False
 
 
 def when_ready(server: Any) -> None:
@@ -371,8 +442,9 @@ def when_ready(server: Any) -> None:
         )
     else:
         message = (
-            "flask-tailnet: standard error is not a terminal, so the login links (which hold the "
-            "token) are not printed where a log could keep them; to get them, run as this "
+            "flask-tailnet: standard error is not a terminal (or is a container's, which its log "
+            "keeps), so the login links (which hold the token) are not printed where a log could "
+            "keep them; to get them, run as this "
             f"server's user: {url_command(server, prepared.binds)}"
         )
     print(message, file=sys.stderr, flush=True)

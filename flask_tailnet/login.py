@@ -12,11 +12,10 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, make_response, redirect, render_template_string, request
-from werkzeug.exceptions import BadRequest
+from flask import Blueprint, make_response, redirect, render_template, request
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.wrappers import Response
 
 from .attempts import Limited
@@ -31,7 +30,9 @@ if TYPE_CHECKING:
 
     from .state import GuardState
 
-PAGE = files(__package__).joinpath("templates/login.html").read_text(encoding="utf-8")
+#: The login page's template, found through the app's Jinja loader: the app's own
+#: ``templates/flask_tailnet/login.html`` comes first (docs/quickstart.md lists its variables).
+TEMPLATE = "flask_tailnet/login.html"
 _CSRF_SUFFIX = "_csrf"
 
 
@@ -46,19 +47,36 @@ def query_text(environ: WSGIEnvironment) -> str:
         raise BadRequest("The query string is not UTF-8.") from None
 
 
+def read_form() -> None:
+    """Parse the request's form now. Raises :class:`~werkzeug.exceptions.BadRequest` (400) when
+    the server cannot read the body: on a malformed chunked body werkzeug's development server
+    raises ``OSError`` from the input stream, gunicorn its own ``ParseException``, and werkzeug's
+    form parser lets either through (a 500, with a traceback in the log). werkzeug's own HTTP
+    errors (a 400, a 413) pass as they are."""
+    try:
+        request.form  # noqa: B018 - parsed and cached by werkzeug
+    except HTTPException:
+        raise
+    except Exception:  # whatever the server's input stream raises: the body is unreadable
+        raise BadRequest("The request body could not be read.") from None
+
+
 def blueprint(
     state: GuardState, exempt: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> Blueprint:
-    """The login and logout views under ``TAILNET_LOGIN_PREFIX``."""
-    bp = Blueprint("tailnet", __name__, url_prefix=state.settings.login_prefix)
+    """The login and logout views under ``TAILNET_LOGIN_PREFIX``: endpoints ``tailnet.login``
+    (the page, and the form's POST) and ``tailnet.logout``, for ``url_for``."""
+    bp = Blueprint(
+        "tailnet", __name__, url_prefix=state.settings.login_prefix, template_folder="templates"
+    )
     csrf_cookie = state.settings.cookie_name + _CSRF_SUFFIX
 
     def page(*, error: str | None = None, status: int = 200, username: str = "") -> Response:
         method = state.credentials.choice.resolve().method
         query_text(request.environ)  # before request.values parses it
         nonce = request.cookies.get(csrf_cookie) or secrets.token_urlsafe(32)
-        body = render_template_string(
-            PAGE,
+        body = render_template(
+            TEMPLATE,
             app_name=state.settings.realm,
             action=request.script_root + state.settings.login_prefix + "/login",
             csrf=nonce,
@@ -91,7 +109,7 @@ def blueprint(
         environ = request.environ
         return cross_site(environ, original_host(environ))
 
-    @bp.get("/login")
+    @bp.get("/login", endpoint="login")
     @exempt
     def login_form() -> Response:
         return page()
@@ -99,6 +117,7 @@ def blueprint(
     @bp.post("/login")
     @exempt
     def login_submit() -> Response:
+        read_form()  # before any page() reads request.values
         if refuse_cross_site():
             return page(error="This sign-in came from another site and was refused.", status=403)
         presented_csrf = request.form.get("csrf", "")

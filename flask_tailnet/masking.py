@@ -17,11 +17,23 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 #: Query parameter names whose value is a credential, whatever else the name says
 #: (``password``, ``sentinel_password``, ``passwd``, ``auth_token``, ``ssl_keyfile_password``...).
 _SECRET_NAME = re.compile(r"pass|pwd|token|secret|key|auth|cred|sig|user", re.IGNORECASE)
+#: What follows a ``:`` in hosts without user information, when it is not a port: a password
+#: written without its ``@host`` (``redis://default:hunter2/0``), which a URL parser reads as one.
+_NOT_A_PORT = re.compile(r":([^,:]*[^0-9,:][^,:]*)")
+_BRACKETS = re.compile(r"\[[^\]]*\]")
+
+
+def _not_ports(hosts: str) -> list[str]:
+    """The pieces of ``hosts`` (the text between ``//`` and the path) that follow a ``:`` and are
+    not a port number; IPv6 literals in brackets are left out."""
+    return _NOT_A_PORT.findall(_BRACKETS.sub("", hosts))
 
 
 def mask_uri(uri: object) -> str:
     """``uri`` as it may be shown: the user information (everything before the last ``@``,
-    user and password alike, however many hosts or ``@`` signs it holds) replaced by ``***``,
+    user and password alike, however many hosts or ``@`` signs it holds) replaced by ``***``;
+    without an ``@``, the hosts replaced by ``***`` when one has a "port" that is not a number
+    (a password written without its ``@host``, as in ``redis://default:hunter2/0``);
     the value of every query parameter replaced by ``***`` (its name kept), a parameter without
     a value and the fragment replaced whole. The scheme, hosts, ports and path are kept.
 
@@ -42,6 +54,10 @@ def mask_uri(uri: object) -> str:
         if any(0 <= rest.find(mark) < at for mark in "?#"):
             return _printable(head + MASK)
         rest = f"{MASK}@{rest[at + 1 :]}"
+    else:
+        hosts = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if _not_ports(hosts):
+            rest = MASK + rest[len(hosts) :]
     rest, hashmark, _ = rest.partition("#")
     rest, question, query = rest.partition("?")
     if question:
@@ -58,7 +74,8 @@ def uri_secrets(uri: object) -> tuple[str, ...]:
     """The parts of ``uri`` that may be secret, as written and percent-decoded, longest first:
     everything before its last ``@``, the user and the password in it, and each piece of it
     between ``:``, ``/``, ``?``, ``#`` and ``@`` (a URL parser ends the host at the first
-    ``/``, ``?`` or ``#``, so from ``redis://u:pa?ss@h`` it reports a port ``pa``); the value of
+    ``/``, ``?`` or ``#``, so from ``redis://u:pa?ss@h`` it reports a port ``pa``); without an
+    ``@``, every "port" that is not a number (``redis://default:hunter2/0``); the value of
     every query parameter whose name could name a credential (see :data:`_SECRET_NAME`); and the
     fragment. For scrubbing text that a storage library wrote about ``uri`` (an exception
     message), where the URI itself may not be recognisable any more. A short piece makes the
@@ -71,6 +88,8 @@ def uri_secrets(uri: object) -> tuple[str, ...]:
     user, _, password = userinfo.partition(":")
     before, _, fragment = rest.partition("#")
     found = {userinfo, user, password, fragment, *re.split(r"[:/?#@]", userinfo)}
+    if not userinfo:
+        found.update(_not_ports(re.split(r"[/?#]", rest, maxsplit=1)[0]))
     for name, _, value in (part.partition("=") for part in before.partition("?")[2].split("&")):
         if _SECRET_NAME.search(urllib.parse.unquote_plus(name)):
             found.add(value)

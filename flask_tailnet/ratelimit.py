@@ -142,8 +142,10 @@ class AttemptBudget:
                     if wait:
                         return Spent(allowed=False, retry_after=wait)
                     # ``hit`` is bool() of the storage's answer, so a server that answers "OK"
-                    # to everything would allow every attempt; the window it reports shows it
-                    self._window(item, part)
+                    # to everything would allow every attempt; the window it reports shows it,
+                    # and so does one that forgets the attempt it has just taken
+                    if self._window(item, part)[1] >= item.amount:
+                        raise NonsenseAnswer("its window is empty right after it took an attempt")
         except Exception as exc:  # any storage failure must refuse, not escape
             self._storage_failed(exc)
             return Spent(allowed=False, retry_after=self._unknown_wait)
@@ -265,15 +267,21 @@ def budget_key(address: str | None) -> str:
     """The key whose budget an attempt from ``address`` spends.
 
     An IPv4 address (an IPv4-mapped IPv6 one as its IPv4) and a tailnet IPv6 address
-    (``fd7a:115c:a1e0::/48``, one per node) are their own key. Any other IPv6 address is counted
-    by its /64 (``2001:db8:1:2::/64``), so that a host cannot multiply its budget by rotating
-    through the addresses of its subnet. A missing or unparseable address is
-    :data:`UNKNOWN_CLIENT`, one budget for all such."""
+    (``fd7a:115c:a1e0::/48``, one per node) are their own key. A 6to4 (``2002::/16``) or Teredo
+    (``2001::/32``) address is counted as the public IPv4 address it is made from: each IPv4
+    address owns a whole 6to4 /48, 65,536 /64s. Any other IPv6 address is counted by its /64
+    (``2001:db8:1:2::/64``), so that a host cannot multiply its budget by rotating through the
+    addresses of its subnet. A missing or unparseable address is :data:`UNKNOWN_CLIENT`, one
+    budget for all such."""
     ip = parse_ip(address)
     if ip is None:
         return UNKNOWN_CLIENT
     if ip.version == 4 or ip in TAILNET_V6:
         return str(ip)
+    embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+    # A private or tailnet IPv4 inside is no one's own: counting by it would spend its budget.
+    if embedded is not None and embedded.is_global:
+        return str(embedded)
     return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
 
 

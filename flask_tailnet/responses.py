@@ -1,5 +1,6 @@
-"""What the guard answers a request it does not simply serve: 401, 403, 429, the redirect to the
-login page, and the answer to a ``?token=`` login link.
+"""What the guard answers a request it does not simply serve: 401, 403, 429 (werkzeug HTTP
+exceptions, so the app's error handlers run), the redirect to the login page, and the answer to a
+``?token=`` login link.
 
 The middleware (:mod:`flask_tailnet.extension`) sends these before Flask routes the request; the
 login blueprint (:mod:`flask_tailnet.login`) answers with its own page. No body names the check
@@ -9,6 +10,7 @@ that failed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -18,29 +20,39 @@ from werkzeug.wrappers import Response
 
 from . import accept
 from .attempts import Limited
+from .credentials import FORBID, bearer_credential
 from .peer import Peer, logged_in
 from .proxies import forwarded_scheme
 from .redirects import safe_next
 from .token import PARAMETER, link_parameter, secret_matches
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
     from .state import GuardState
 
 
 class Unauthorized(exceptions.Unauthorized):
-    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check."""
+    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check.
 
-    def __init__(self, realm: str) -> None:
+    When the request presented a bearer token, the challenge says ``error="invalid_token"`` (RFC
+    6750, section 3.1), so an API client can tell a wrong token from a missing one; the body is
+    the same either way.
+    """
+
+    def __init__(self, realm: str, *, invalid_token: bool = False) -> None:
         super().__init__("A credential is required.")
         self.realm = realm
+        self.invalid_token = invalid_token
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        challenge = f'Bearer realm="{self.realm}"'
+        if self.invalid_token:
+            challenge += ', error="invalid_token"'
         return [
             ("Content-Type", "application/json"),
             ("Cache-Control", "no-store"),
-            ("WWW-Authenticate", f'Bearer realm="{self.realm}"'),
+            ("WWW-Authenticate", challenge),
         ]
 
     def get_body(self, *args: Any, **kwargs: Any) -> str:
@@ -60,16 +72,22 @@ class Forbidden(exceptions.Forbidden):
         return json.dumps({"error": "forbidden", "message": self.description})
 
 
-def too_many(retry_after: int) -> Response:
-    """429 with ``Retry-After``: the client is over its failed-attempt budget."""
-    response = Response(
-        '{"error": "too_many_attempts", "message": "Too many failed attempts; try again later."}',
-        status=429,
-        mimetype="application/json",
-    )
-    response.headers["Retry-After"] = str(retry_after)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+class TooManyAttempts(exceptions.TooManyRequests):
+    """429 with ``Retry-After`` (whole seconds) and a JSON body: the client spent its budget of
+    failed attempts, and no credential of its is looked at until it may try again."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many failed attempts; try again later.", retry_after=retry_after)
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("Retry-After", str(self.retry_after)),
+        ]
+
+    def get_body(self, *args: Any, **kwargs: Any) -> str:
+        return json.dumps({"error": "too_many_attempts", "message": self.description})
 
 
 def prefers_html(environ: WSGIEnvironment) -> bool:
@@ -123,11 +141,12 @@ def set_session_cookie(response: Response, state: GuardState, value: str, https:
 
 def token_link_login(
     state: GuardState, environ: WSGIEnvironment, anonymous: Peer
-) -> Response | None:
+) -> Response | Limited | None:
     """The answer to ``GET``/``HEAD <page>?token=<token>``: with the right token, a session cookie
-    and a 303 to the same URL without the token; 429 when the client is over its budget.
-    ``None`` (the request goes on as one without a credential) for another method, no or an empty
-    ``token`` parameter, or a wrong token (a failed attempt, counted)."""
+    and a 303 to the same URL without the token; :class:`Limited` (answered 429 by
+    :func:`denial`) when the client is over its budget. ``None`` (the request goes on as one
+    without a credential) for another method, no or an empty ``token`` parameter, or a wrong
+    token (a failed attempt, counted)."""
     query = environ.get("QUERY_STRING", "")
     if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or PARAMETER + "=" not in query:
         return None
@@ -143,7 +162,7 @@ def token_link_login(
         lambda: logged_in(anonymous, "token") if secret_matches(secret, token) else None,
     )
     if isinstance(result, Limited):
-        return too_many(result.retry_after)
+        return result
     if result is None or token is None:
         return None
     cookie = state.sessions.issue(user=None, method="token", credential=token)
@@ -154,3 +173,37 @@ def token_link_login(
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+def denial(
+    state: GuardState,
+    environ: WSGIEnvironment,
+    result: object,
+    anonymous: Peer,
+    exempt_view: Callable[[WSGIEnvironment], bool] | None,
+) -> WSGIApplication | exceptions.HTTPException | None:
+    """The answer to a cascade that did not admit the peer: 429 over the budget, 403 for a
+    cross-site request on a cookie; else a ``?token=`` login (a response, or 429), ``None`` when
+    ``exempt_view`` says the view is exempt (the app then serves it to the anonymous peer), and
+    last :func:`challenge`."""
+    if isinstance(result, Limited):
+        return TooManyAttempts(result.retry_after)
+    if result is FORBID:
+        return Forbidden()
+    link = token_link_login(state, environ, anonymous)
+    if isinstance(link, Limited):
+        return TooManyAttempts(link.retry_after)
+    if link is not None:
+        return link
+    if exempt_view is not None and exempt_view(environ):
+        return None
+    return challenge(state, environ)
+
+
+def challenge(state: GuardState, environ: WSGIEnvironment) -> WSGIApplication | Unauthorized:
+    """Ask for a credential: a browser's GET or HEAD is sent to the login page, anything else
+    gets 401 (saying ``invalid_token`` when a bearer token was presented)."""
+    if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and prefers_html(environ):
+        return login_redirect(state, environ)
+    presented = bearer_credential(environ.get("HTTP_AUTHORIZATION")) is not None
+    return Unauthorized(state.settings.realm, invalid_token=presented)

@@ -130,7 +130,7 @@ def addresses_on_lo(cidrs: Sequence[str]) -> Iterator[None]:
             result = _ip("addr", "add", cidr, "dev", "lo", *(["nodad"] if ":" in cidr else []))
             if result.returncode == 0:
                 added.append(cidr)
-            elif "File exists" not in result.stderr:
+            elif not any(text in result.stderr for text in ("File exists", "already assigned")):
                 pytest.fail(f"ip addr add {cidr} dev lo: {result.stderr.strip()}")
         yield
     finally:

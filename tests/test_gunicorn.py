@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +36,7 @@ from .conftest import make_app
 from .gunicorn_helpers import (
     CONFIG,
     EXAMPLE_APP,
+    GUNICORN,
     Gunicorn,
     accepts,
     addresses_on_lo,
@@ -455,6 +457,97 @@ def test_a_unix_socket_bind_is_refused_at_start(
     assert not path.exists()
 
 
+def _uwsgi_request(port: int, variables: dict[str, str]) -> bytes:
+    """What gunicorn answers to one uwsgi packet (as nginx's ``uwsgi_pass`` sends it)."""
+    body = b"".join(
+        len(part).to_bytes(2, "little") + part
+        for name, value in variables.items()
+        for part in (name.encode(), value.encode())
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\0" + len(body).to_bytes(2, "little") + b"\0" + body)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
+@pytest.mark.parametrize("command", [None, SERVE], ids=["gunicorn", "serve"])
+def test_the_uwsgi_protocol_is_refused_at_start(command: list[str] | None, tmp_path: Path) -> None:
+    """With ``--protocol uwsgi`` every request comes through the front server on loopback, which
+    names the client only in the packet's ``REMOTE_ADDR`` (gunicorn drops it) and sends no proxy
+    header with nginx's stock ``uwsgi_params``: each tailnet peer got the loopback bypass (200,
+    method ``loopback``) and no budget. The start is refused instead, with the fix."""
+    port = free_port()
+    args = ["--no-control-socket", "-w", "1", "--protocol", "uwsgi", "-b", f"127.0.0.1:{port}"]
+    server = start_gunicorn(
+        [*args, *([] if command else [*CONFIG, EXAMPLE_APP])],
+        env=gunicorn_env(tmp_path / "state"),
+        stderr_path=tmp_path / "gunicorn.log",
+        command=command,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and not accepts("127.0.0.1", port):
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        if server.proc.poll() is None:  # it serves: show what a tailnet peer gets through nginx
+            time.sleep(1)  # the worker boots
+            answer = _uwsgi_request(
+                port,
+                {
+                    "REQUEST_METHOD": "GET",
+                    "PATH_INFO": "/api/whoami",
+                    "REQUEST_URI": "/api/whoami",
+                    "QUERY_STRING": "",
+                    "SERVER_PROTOCOL": "HTTP/1.1",
+                    "REMOTE_ADDR": "100.64.106.2",
+                    "HTTP_HOST": "localhost",
+                },
+            )
+            pytest.fail(f"served under --protocol uwsgi: {answer!r}")
+    finally:
+        server.kill()
+    stderr = server.stderr()
+    assert server.proc.returncode != 0, stderr
+    assert "refusing to serve: --protocol uwsgi cannot be guarded" in stderr
+    assert "list 127.0.0.1 in TAILNET_TRUSTED_PROXIES" in stderr
+    assert "Booting worker" not in stderr
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        pytest.param("*", id="any-sender"),
+        pytest.param("127.0.0.1,100.64.0.0/10", id="a-tailnet-range"),
+        pytest.param("192.168.0.0/16", id="a-lan-range"),
+    ],
+)
+def test_a_proxy_protocol_from_others_than_loopback_is_refused_at_start(
+    allowed: str, tmp_path: Path
+) -> None:
+    """With ``--proxy-protocol``, the sender of a PROXY header picks ``REMOTE_ADDR``: a tailnet
+    peer allowed to send one claimed ``PROXY TCP4 127.0.0.1 ...`` and got the loopback bypass
+    (200, method ``loopback``, no credential). Only loopback senders may be allowed."""
+    port = free_port()
+    args = ["--no-control-socket", "-w", "1", "-b", f"127.0.0.1:{port}"]
+    args += ["--proxy-protocol", "v1", "--proxy-allow-from", allowed]
+    server = start_gunicorn(
+        [*args, *CONFIG, EXAMPLE_APP],
+        env=gunicorn_env(tmp_path / "state"),
+        stderr_path=tmp_path / "gunicorn.log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and not accepts("127.0.0.1", port):
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        assert server.proc.poll() is not None, f"served with --proxy-allow-from {allowed}"
+    finally:
+        server.kill()
+    stderr = server.stderr()
+    assert server.proc.returncode != 0, stderr
+    assert "refusing to serve: --proxy-protocol" in stderr
+    assert "Booting worker" not in stderr
+
+
 def test_this_machines_own_address_is_refused(tmp_path: Path) -> None:
     """An address of a real interface (``ip -j addr``), checked without any traffic to it: only
     the LISTEN table is read. Without one, a documentation address added to lo stands in."""
@@ -571,6 +664,49 @@ def test_login_links_are_printed_to_a_terminal_only(
         assert "not a terminal" in seen
     if error_log.exists():
         assert token not in error_log.read_text()
+
+
+#: gunicorn as a container's main process (``docker run -t``, compose ``tty: true``): PID 1 of
+#: its own PID namespace, on a terminal that the container runtime's log records.
+IN_A_NEW_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        pytest.param([], id="gunicorn-is-pid-1"),
+        pytest.param(["sh", "-c", '"$@"; true', "sh"], id="under-an-init-that-is-pid-1"),
+    ],
+)
+def test_login_links_are_not_printed_to_a_containers_terminal(
+    wrapper: list[str], tmp_path: Path
+) -> None:
+    """The terminal of a container's first process is kept by the container runtime
+    (``docker logs``): the links went there. A hint instead, as for a file or a pipe."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a new PID namespace needs root and unshare (util-linux)")
+    port = free_port("127.0.0.1")
+    state_dir = tmp_path / "state"
+    server = start_gunicorn(
+        ["-b", f"127.0.0.1:{port}", "-w", "1", "--no-control-socket", *CONFIG, EXAMPLE_APP],
+        env=gunicorn_env(state_dir),
+        stderr_path=tmp_path / "stderr.log",
+        command=[*IN_A_NEW_PID_NAMESPACE, *wrapper, *GUNICORN],
+        stderr="pty",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not accepts("127.0.0.1", port, 0.5) or _status(port) != 200:
+            assert server.proc.poll() is None, server.stderr()
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+        token = _token(state_dir)
+    finally:
+        server.kill()
+    seen = server.stderr()
+    assert token not in seen, seen
+    assert seen.count(GUNICORN_HINT.format(port=port)) == 1, seen
 
 
 def _status(port: int) -> int | None:

@@ -916,6 +916,7 @@ def test_a_pty_on_sys_stderr_alone_is_not_enough(monkeypatch: pytest.MonkeyPatch
     """``sys.stderr`` on a terminal while file descriptor 2 (where ``--capture-output`` points
     gunicorn's error log) is not: no links."""
     main, terminal = pty.openpty()
+    monkeypatch.setattr(tg, "_first_process_terminal", lambda fd: False)  # pytest may be PID 1
     try:
         with os.fdopen(terminal, "w", closefd=False) as stream:
             monkeypatch.setattr(sys, "stderr", stream)
@@ -926,6 +927,25 @@ def test_a_pty_on_sys_stderr_alone_is_not_enough(monkeypatch: pytest.MonkeyPatch
     finally:
         os.close(main)
         os.close(terminal)
+
+
+def test_the_terminal_of_the_first_process_is_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PID 1's terminal (a container's main process under ``docker run -t``) is recorded by the
+    container runtime: it does not count as a terminal of our own."""
+    main, terminal = pty.openpty()
+    other_main, other_terminal = pty.openpty()
+    try:
+        assert tg._first_process_terminal(terminal) is False or os.getpid() == 1
+        monkeypatch.setattr(tg, "_FIRST_PROCESS_OUTPUTS", (f"/proc/self/fd/{other_terminal}",))
+        assert tg._first_process_terminal(terminal) is (os.getpid() == 1)
+        monkeypatch.setattr(tg, "_FIRST_PROCESS_OUTPUTS", (f"/proc/self/fd/{terminal}",))
+        assert tg._first_process_terminal(terminal) is True
+        monkeypatch.setattr(tg, "_FIRST_PROCESS_OUTPUTS", ("/nonexistent",))
+        monkeypatch.setattr(os, "getpid", lambda: 1)
+        assert tg._first_process_terminal(terminal) is True
+    finally:
+        for fd in (main, terminal, other_main, other_terminal):
+            os.close(fd)
 
 
 @pytest.mark.parametrize(

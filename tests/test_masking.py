@@ -89,6 +89,10 @@ MASKED = [
     pytest.param("redis:/u:hunter2@h", "***@h", id="one-slash"),
     pytest.param("://u:hunter2@h", "***@h", id="empty-scheme"),
     pytest.param("redis://u:hunter2\n@h", "redis://***@h", id="newline-in-userinfo"),
+    pytest.param("redis://default:hunter2/0", "redis://***/0", id="password-without-at-host"),
+    pytest.param("redis://:hunter2", "redis://***", id="password-without-at"),
+    pytest.param("redis://h:6379,u:hunter2/m", "redis://***/m", id="password-without-at-hosts"),
+    pytest.param("redis://[::1]:hunter2/0", "redis://***/0", id="password-without-at-ipv6"),
     pytest.param("@@@hunter2@", "***@", id="garbage-at-signs"),
     pytest.param("?#@hunter2", "***", id="garbage-marks"),
     pytest.param("", "", id="empty"),
@@ -138,6 +142,12 @@ SCRUBBED = [
     pytest.param("redis://u:hunter#2@h", "port 'hunter'", "hunter", id="hash-cut"),
     pytest.param("redis://:hunter2?x@h", "port 'hunter2'", "hunter2", id="cut-after-password"),
     pytest.param("redis://hunter?2@h", "connecting to hunter:6379", "hunter", id="host-cut"),
+    pytest.param(
+        "redis://default:hunter2/0",
+        "Port could not be cast to integer value as 'hunter2'",
+        "hunter2",
+        id="password-without-at-host",
+    ),
 ]
 
 

@@ -579,6 +579,8 @@ def test_a_server_that_is_not_root_examines_its_own_account_only(
         pytest.param("{u}x::1::::::\n{u}:$6$h:1::::::\n", "SET", id="a longer name is not it"),
         pytest.param("{u}::1::::::\n{u}:$6$h:1::::::\n", "EMPTY", id="the first line counts"),
         pytest.param("#{u}::1::::::\n{u}:$6$h:1::::::\n", "SET", id="not a comment syntax"),
+        pytest.param(" {u}::1::::::\n{u}:$6$h:1::::::\n", "EMPTY", id="leading space skipped"),
+        pytest.param("\t{u}::1::::::\n{u}:$6$h:1::::::\n", "EMPTY", id="leading tab skipped"),
     ],
 )
 def test_the_shadow_line_is_read_as_nss_files_reads_it(

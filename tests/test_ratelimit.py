@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from limits import RateLimitItem
 
 from flask_tailnet.ratelimit import ALLOWED, AttemptBudget, Spent
 
@@ -605,6 +606,26 @@ def test_nonsense_windows_are_storage_failures(
     monkeypatch.setattr(MovingWindowRateLimiter, "get_window_stats", nonsense)
     assert spender.spend(CLIENT) == Spent(allowed=False, retry_after=60)
     assert spender.retry_after(CLIENT) == 60
+
+
+def test_a_storage_that_forgets_every_attempt_never_allows(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A storage that takes every attempt (``:1`` to the acquire script) and then reports an
+    empty window (``*0`` to the window script), as one that drops what it is told to keep does:
+    each answer is plausible on its own, but a window without the attempt just counted in it is
+    not. It allowed every attempt (40 of 40 against 5 per minute)."""
+    from limits.strategies import MovingWindowRateLimiter  # noqa: PLC0415
+    from limits.util import WindowStats  # noqa: PLC0415
+
+    def forgetful(self: object, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        return WindowStats(time.time(), item.amount)
+
+    spender = budget()
+    monkeypatch.setattr(MovingWindowRateLimiter, "get_window_stats", forgetful)
+    with caplog.at_level(logging.ERROR, logger="flask_tailnet"):
+        assert [spender.spend(CLIENT).allowed for _ in range(8)] == [False] * 8
+    assert "NonsenseAnswer" in caplog.text
 
 
 # ---- configuration -------------------------------------------------------------------------------

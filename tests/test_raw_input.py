@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
+from gunicorn.http.errors import InvalidChunkSize
 
 from .conftest import TAILNET_HOST, TAILNET_PEER, make_app
 
@@ -77,6 +78,33 @@ def served(state_dir: Path) -> Flask:
 NOT_UTF8 = "\xff\xfe\xc3("  # latin-1 characters: the bytes ff fe c3 28, invalid as UTF-8
 FORM_POST = {"REQUEST_METHOD": "POST", "HTTP_ORIGIN": f"http://{TAILNET_HOST}"}
 
+
+class UnreadableBody(io.RawIOBase):
+    """A request body the server fails to read, as a malformed chunked body does: werkzeug's
+    development server raises ``OSError("Invalid chunk header")``, gunicorn its
+    ``InvalidChunkSize`` (an ``OSError`` too)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise self.error
+
+
+def chunked_garbage(error: OSError) -> dict[str, Any]:
+    return {
+        **FORM_POST,
+        "PATH_INFO": LOGIN,
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input_terminated": True,
+        "wsgi.input": io.BufferedReader(UnreadableBody(error)),
+    }
+
+
 #: (environ overrides, the statuses that are a right answer)
 ROWS: dict[str, tuple[dict[str, Any], set[int]]] = {
     "login-page-query-not-utf8": ({"PATH_INFO": LOGIN, "QUERY_STRING": "next=" + NOT_UTF8}, {400}),
@@ -98,6 +126,18 @@ ROWS: dict[str, tuple[dict[str, Any], set[int]]] = {
             "body": b"--zz\r\n\xff\xfe\r\n",
         },
         {400},
+    ),
+    "login-post-chunk-size-garbage-werkzeug": (
+        chunked_garbage(OSError("Invalid chunk header")),
+        {400},
+    ),
+    "login-post-chunk-size-garbage-gunicorn": (
+        chunked_garbage(InvalidChunkSize(b"zz")),
+        {400},
+    ),
+    "login-post-cross-site-chunk-garbage": (
+        {**chunked_garbage(OSError("Invalid chunk header")), "HTTP_ORIGIN": "http://evil"},
+        {400, 403},
     ),
     "login-post-content-type-garbage": (
         {**FORM_POST, "PATH_INFO": LOGIN, "CONTENT_TYPE": "\xff/\xfe; charset=\xff", "body": b"a"},
