@@ -20,7 +20,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from .addresses import parse_ip
+from .addresses import is_loopback, parse_ip
 from .peer import Method
 from .state import GuardState, guard_state
 
@@ -67,7 +67,7 @@ class TailnetClient(FlaskClient):
             raise ValueError(f"peer must be an IP address, not {peer!r}")
         self.environ_base["REMOTE_ADDR"] = str(ip)
         if method in ("none", "loopback"):
-            if method == "loopback" and not ip.is_loopback:
+            if method == "loopback" and not is_loopback(ip):
                 raise ValueError(f"method 'loopback' needs a loopback peer, not {peer!r}")
             return
         if method == "token":
