@@ -336,6 +336,28 @@ def default_binds(port: int, tailnet_addresses: Iterable[str]) -> list[str]:
     return binds
 
 
+def default_port(environ: Mapping[str, str]) -> int:
+    """The port of the default binds: ``$PORT`` as gunicorn reads it, else :data:`DEFAULT_PORT`."""
+    try:
+        return int(environ.get("PORT", DEFAULT_PORT))
+    except ValueError:
+        return DEFAULT_PORT
+
+
+def single_port(specs: Iterable[str]) -> int | None:
+    """The one TCP port that ``specs`` name, or ``None`` when they name none or several. Unix
+    sockets, ``fd://`` and specs that do not parse name none."""
+    ports: set[int] = set()
+    for spec in specs:
+        try:
+            bind = parse_bind(spec)
+        except BindRefused:
+            continue
+        if bind.kind == "tcp" and bind.port is not None:
+            ports.add(bind.port)
+    return ports.pop() if len(ports) == 1 else None
+
+
 def binds_from_env(environ: Mapping[str, str]) -> tuple[list[str] | None, bool]:
     """``TAILNET_BIND`` and ``TAILNET_ALLOW_WILDCARD_BIND`` from the process environment, read
     before the app is loaded: ``(specs or None when unset or empty, allow_wildcard)``.

@@ -1,7 +1,8 @@
 """``flask tailnet ...``: the click group registered through the ``flask.commands`` entry point.
 
 Secrets go to stdout only when asked for (``token``, ``password --generate``, ``url``), and only
-the secret itself, so ``$(...)`` works; everything else goes to stderr.
+the secret itself, so ``$(...)`` works; everything else goes to stderr. The commands' docstrings
+are their ``--help`` text, so they are plain text, not reStructuredText.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import pwd
 import secrets
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,19 +21,24 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
-from .binds import BindRefused, binds_from_env, check_binds
-from .machine import machine_addresses, tailnet_addresses
+from .binds import (
+    BindRefused,
+    binds_from_env,
+    check_binds,
+    default_port,
+    single_port,
+)
+from .credentials import LoginCredentials
+from .machine import listening_ports, machine_addresses, tailnet_addresses
 from .masking import mask_uri
 from .pamauth import pam_status
-from .passwords import _MAX_PRESENTED
+from .passwords import MAX_PASSWORD_LENGTH, password_problem
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
+from .settings import DEFAULT_PORT, Settings
 from .state import GuardState, guard_state
 from .token import login_link
 
 tailnet = AppGroup("tailnet", help="flask-tailnet: the guard's token, password and state.")
-
-#: The longest password the login checks accept; a longer one could be set but never used.
-MAX_PASSWORD_LENGTH = _MAX_PRESENTED
 
 
 def _state() -> GuardState:
@@ -63,7 +70,7 @@ def _file_errors(secret_file: SecretFile) -> Iterator[None]:
 @tailnet.command("token")
 @click.option("--rotate", is_flag=True, help="Replace the token; running servers use the new one.")
 def token_command(rotate: bool) -> None:
-    """Print the bearer token, creating it on first use; nothing else goes to stdout."""
+    """Print the bearer token, creating it on first use. Nothing else goes to stdout."""
     token_file = _state().token_file
     with _file_errors(token_file):
         token = token_file.rotate() if rotate else token_file.ensure()
@@ -74,8 +81,11 @@ def token_command(rotate: bool) -> None:
 @click.option("--generate", is_flag=True, help="Write a random password and print it once.")
 @click.option("--remove", is_flag=True, help="Delete the password file.")
 def password_command(generate: bool, remove: bool) -> None:
-    """Set the login password: prompt twice (no echo) and store a scrypt hash in the password
-    file (mode 0600, replaced atomically). Only ``--generate`` prints to stdout: the password."""
+    """Set the login password and store a scrypt hash of it in the password file (mode 0600,
+    replaced atomically).
+
+    On a terminal it prompts twice, without echo. Otherwise it reads one line from standard
+    input (for scripts). Only --generate prints to stdout: the password."""
     state = _state()
     password_file = state.credentials.passwords.file
     if generate and remove:
@@ -92,12 +102,13 @@ def password_command(generate: bool, remove: bool) -> None:
             return
         # Before the prompt, so that nobody types a password twice for a directory we refuse.
         ensure_private_dir(password_file.directory)
+        unused = _why_the_login_page_ignores_the_file(state.credentials)
+        if unused is not None:
+            click.echo(f"note: the login page will not ask for this password: {unused}", err=True)
         if generate:
             password = secrets.token_urlsafe(18)
         else:
-            password = click.prompt(
-                "New password", hide_input=True, confirmation_prompt=True, err=True
-            )
+            password = _new_password()
             problem = password_problem(password)
             if problem is not None:
                 raise click.ClickException(f"refusing {problem}; nothing was written")
@@ -111,18 +122,53 @@ def password_command(generate: bool, remove: bool) -> None:
         click.echo(password)
 
 
-def password_problem(password: str) -> str | None:
-    """Why ``password`` could never log anyone in (the login checks refuse it), or ``None``."""
-    if not password.strip():
-        return "an empty password"
-    if "\x00" in password:
-        return "a password with a NUL character"
-    if len(password) > MAX_PASSWORD_LENGTH:
-        return f"a password longer than {MAX_PASSWORD_LENGTH} characters"
+def _new_password() -> str:
+    """The new password: prompted twice without echo on a terminal, else the first line of
+    standard input without its line ending (a script's ``echo "$PW" |``), never echoed."""
+    if stdin_is_a_terminal():
+        password: str = click.prompt(
+            "New password", hide_input=True, confirmation_prompt=True, err=True
+        )
+        return password
+    try:  # bounded: a longer line is refused as too long, not read whole
+        line = sys.stdin.readline(MAX_PASSWORD_LENGTH + 3)
+    except UnicodeDecodeError:
+        raise click.ClickException(
+            "refusing a password that is not valid text; nothing was written"
+        ) from None
+    if not line:
+        raise click.ClickException(
+            "no password on standard input (it is not a terminal, so one line is read from "
+            "it); nothing was written"
+        )
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def stdin_is_a_terminal() -> bool:
+    """Whether standard input is a terminal (a person at a prompt, not a script)."""
     try:
-        password.encode("utf-8")
-    except UnicodeEncodeError:
-        return "a password that is not valid text (check the terminal's encoding)"
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):  # closed or detached
+        return False
+
+
+def _why_the_login_page_ignores_the_file(credentials: LoginCredentials) -> str | None:
+    """Why a password written to the file now would not be what the login page asks for (PAM or
+    the token is in force, or the password variable wins over the file), or ``None``."""
+    resolution = credentials.choice.resolve()
+    switch = 'set TAILNET_AUTH="password" to log in with it'
+    if resolution.method == "pam":
+        return (
+            f"it asks for a user name and system password ({resolution.why}; "
+            f"TAILNET_AUTH={credentials.choice.mode}); {switch}"
+        )
+    if credentials.choice.mode == "token":
+        return f"it asks for the token (TAILNET_AUTH is 'token'); {switch}"
+    if credentials.passwords.from_env():
+        return (
+            f"the variable {credentials.passwords.env_name} is set here, and a server with it "
+            "uses its password instead of the file's"
+        )
     return None
 
 
@@ -133,16 +179,20 @@ def _say_method(state: GuardState) -> None:
 
 @tailnet.command("status")
 def status_command() -> None:
-    """A readable report of the guard's configuration and state files; exits 1 when a file or
-    the directory is unsafe, or when PAM would accept any password for a user of
-    ``TAILNET_PAM_USERS`` (an account without a password under a ``nullok`` stack; the guard
-    refuses it). Prints no secret."""
+    """Report the guard's configuration and state files. Prints no secret.
+
+    Exits 1 when a file or the state directory is unsafe; when PAM would accept any password
+    for a user of TAILNET_PAM_USERS (an account without a password under a nullok stack; the
+    guard refuses it); and when the login method that TAILNET_AUTH forces logs nobody in on
+    this machine (PAM unusable, no password set)."""
     state = _state()
     conf = state.settings
     resolution = state.credentials.choice.resolve()
+    unusable = state.credentials.choice.unusable()
     unsafe = False
     lines = [
         f"login method:     {resolution.method} ({resolution.why}; TAILNET_AUTH={conf.auth})",
+        *([f"                  UNUSABLE, nobody logs in with it: {unusable}"] if unusable else []),
         "bearer token:     accepted in every mode",
         f"state directory:  {conf.state_dir}",
     ]
@@ -183,8 +233,11 @@ def status_command() -> None:
             unsafe = unsafe or line.unsafe
             lines.append(f"{line.label + ':' if line.label else '':<17} {line.text}")
     click.echo("\n".join(lines))
+    if unusable:
+        click.echo("the login method logs nobody in: see the line marked UNUSABLE", err=True)
     if unsafe:
         click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
+    if unsafe or unusable:
         raise click.exceptions.Exit(1)
 
 
@@ -242,27 +295,67 @@ def _mode_and_owner(path: Path) -> str:
     return f"{kind}mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
 
 
+#: The port ``flask run`` listens on without ``--port`` or ``$FLASK_RUN_PORT``.
+FLASK_RUN_PORT = 5000
+
+
 @tailnet.command("url")
 @click.option(
     "--port",
-    default=5000,
-    show_default=True,
     type=click.IntRange(1, 65535),
-    help="The port the app listens on.",
+    help="The port the app listens on. Default: the port of TAILNET_BIND; else the port a "
+    "server of this user listens on here, that of flask tailnet serve ($PORT or 8000) or of "
+    "flask run ($FLASK_RUN_PORT or 5000); else 5000. What it chose is said on stderr.",
 )
 @click.option("--scheme", default="http", show_default=True, type=click.Choice(["http", "https"]))
-def url_command(port: int, scheme: str) -> None:
-    """Print login links with ``?token=`` for localhost and this machine's tailnet addresses,
+def url_command(port: int | None, scheme: str) -> None:
+    """Print login links (with ?token=) for localhost and this machine's tailnet addresses,
     one per line, creating the token on first use. Nothing else goes to stdout."""
-    token_file = _state().token_file
+    state = _state()
+    token_file = state.token_file
     with _file_errors(token_file):
         token = token_file.ensure()
+    if port is None:
+        port, how = url_port(state.settings)
+        click.echo(f"port {port}: {how}; pass --port if the app listens elsewhere", err=True)
     found = tailnet_addresses(machine_addresses())
     for host in ["localhost", *found]:
         click.echo(login_link(scheme, host, port, token))
     if not found:
         click.echo("no tailnet address found on this machine: is Tailscale up?", err=True)
     click.echo("Anyone with one of these links is logged in: share them with care.", err=True)
+
+
+def url_port(conf: Settings) -> tuple[int, str]:
+    """The port a server of this app most likely listens on, and how it was found: the one port
+    of ``TAILNET_BIND`` (the environment's, else the app's); else the one of the two default
+    ports (``flask tailnet serve``'s, ``flask run``'s) that this user listens on here (run it as
+    the server's user); else ``flask run``'s, assumed. Nothing is connected to."""
+    try:
+        env_binds, _ = binds_from_env(os.environ)
+    except BindRefused:
+        env_binds = None
+    configured = single_port(env_binds or conf.bind)
+    if configured is not None:
+        where = "the environment's" if env_binds else "the app's"
+        return configured, f"the port of {where} TAILNET_BIND"
+    serve = default_port(os.environ)
+    try:
+        run = int(os.environ.get("FLASK_RUN_PORT", FLASK_RUN_PORT))
+    except ValueError:
+        run = FLASK_RUN_PORT
+    defaults = {  # a variable that is not a port counts as unset
+        "flask tailnet serve": serve if 0 < serve < 65536 else DEFAULT_PORT,
+        "flask run": run if 0 < run < 65536 else FLASK_RUN_PORT,
+    }
+    listening = listening_ports()
+    found = {port: name for name, port in defaults.items() if port in listening}
+    if len(found) == 1:
+        [(port, name)] = found.items()
+        return port, f"this user listens on it here, the default port of {name}"
+    ports = " or ".join(str(port) for port in dict.fromkeys(defaults.values()))
+    listen = "this user listens on both" if found else "this user listens on neither"
+    return defaults["flask run"], f"assumed, the port of flask run ({listen} of {ports} here)"
 
 
 @tailnet.command(

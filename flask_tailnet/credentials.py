@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -233,6 +234,11 @@ def cookie_value(header: str, name: str) -> str | None:
     return header[start + len(prefix) : end if end >= 0 else None].strip().strip('"')
 
 
+#: Seconds between two log lines saying that the forced login method logs nobody in.
+_REMIND_SECONDS = 60.0
+log = logging.getLogger("flask_tailnet")
+
+
 class LoginCredentials:
     """What a person may log in with: the method in force (chosen by :mod:`flask_tailnet.methods`),
     and the bearer token in every mode."""
@@ -243,6 +249,7 @@ class LoginCredentials:
         self.passwords = choice.passwords
         self.pam = choice.pam
         self._method = choice.method  # bound once: in_force runs on remembered requests
+        self._quiet_until = 0.0
 
     def verify(self, username: str | None, secret: str) -> tuple[LoginMethod, str | None] | None:
         """The method and user that ``secret`` (with ``username`` for PAM) logs in as, or ``None``.
@@ -263,7 +270,19 @@ class LoginCredentials:
                 return "pam", username
         elif method == "password" and self.passwords.verify(secret):
             return "password", None
+        self._remind_if_unusable()
         return None
+
+    def _remind_if_unusable(self) -> None:
+        """Log :meth:`~flask_tailnet.methods.MethodChoice.unusable`'s reason at a refused login,
+        at most once a minute."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return
+        reason = self.choice.unusable()
+        if reason is not None:
+            self._quiet_until = now + _REMIND_SECONDS
+            log.error("flask-tailnet: a login was refused: %s", reason)
 
     def in_force(self, peer: Peer) -> InForce:
         """What ``peer``'s way in depends on now: its credential, and for the resolved methods

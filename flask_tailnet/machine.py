@@ -1,4 +1,5 @@
-"""This machine's tailnet addresses: for the default binds and ``flask tailnet url``.
+"""This machine's tailnet addresses (for the default binds and ``flask tailnet url``), and the TCP
+ports this user listens on here (for ``flask tailnet url``).
 
 Only the addresses in Tailscale's ranges on the ``tailscale0`` interface count, else (tailscaled in
 userspace networking mode has no interface) what ``tailscale ip`` prints. Addresses of other
@@ -6,12 +7,14 @@ interfaces never count, even inside the ranges: CGNAT space is also handed out b
 address that is not tailscaled's would put the app on a network nobody chose.
 
 The parsers are pure; :func:`machine_addresses` is the only part that runs commands, and it never
-raises and never waits more than a few seconds per command.
+raises and never waits more than a few seconds per command. :func:`listening_ports` only reads
+``/proc``: it connects to nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -23,6 +26,9 @@ from .addresses import is_tailnet, parse_ip
 TAILSCALE_INTERFACE = "tailscale0"
 #: Seconds each discovery command may take; one that takes longer counts as having printed nothing.
 COMMAND_TIMEOUT = 5.0
+#: Where Linux lists the TCP sockets of this network namespace, IPv4 then IPv6.
+PROC_NET_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+_LISTEN = "0A"  # the state column of a listening socket
 
 
 def tailnet_addresses(candidates: Iterable[str]) -> list[str]:
@@ -105,3 +111,34 @@ def can_listen_on(address: str) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def listening_ports_in(table: str, uid: int) -> set[int]:
+    """The local ports of the listening sockets of user ``uid`` in the text of a ``/proc/net/tcp``
+    (or ``tcp6``) table. What is malformed is skipped; never raises."""
+    ports: set[int] = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or fields[3] != _LISTEN or fields[7] != str(uid):
+            continue
+        try:
+            ports.add(int(fields[1].rpartition(":")[2], 16))
+        except ValueError:
+            continue
+    return ports
+
+
+def listening_ports() -> set[int]:
+    """The TCP ports that a process of this user (the effective uid) listens on, on any address,
+    in this machine's network namespace; empty where :data:`PROC_NET_TCP` cannot be read (not
+    Linux). Another user's sockets do not count: a local user who listens on a port would
+    otherwise choose where ``flask tailnet url`` sends the token. Never raises."""
+    ports: set[int] = set()
+    uid = os.geteuid()
+    for path in PROC_NET_TCP:
+        try:
+            with open(path, encoding="ascii", errors="replace") as table:
+                ports |= listening_ports_in(table.read(), uid)
+        except OSError:
+            continue
+    return ports

@@ -56,6 +56,8 @@ class MethodChoice:
         if self.mode == "token":
             return Resolution("token", "TAILNET_AUTH is 'token'")
         if self.mode == "pam":
+            if self.pam is None:
+                return Resolution("pam", "TAILNET_AUTH is 'pam', but PAM cannot be used")
             return Resolution("pam", "TAILNET_AUTH is 'pam'")
         if self.mode == "auto" and self.pam is not None:
             return Resolution("pam", f"PAM service {self.pam.service!r} is usable")
@@ -74,3 +76,20 @@ class MethodChoice:
             f"no PAM ({self.pam_problem}), no {self.passwords.env_name} variable, "
             "no password file: the generated token",
         )
+
+    def unusable(self) -> str | None:
+        """Why the method that ``TAILNET_AUTH`` forces logs nobody in now, and what to do; ``None``
+        when it can. Such logins are refused (the token still works); the app loads regardless,
+        so that ``flask tailnet password`` and ``status`` can run."""
+        if self.mode == "pam" and self.pam is None:
+            return (
+                f"TAILNET_AUTH is 'pam', but PAM cannot be used: {self.pam_problem}; every "
+                "PAM login is refused until that is fixed and the server restarted"
+            )
+        if self.mode == "password" and self.passwords.current() is None:
+            return (
+                "TAILNET_AUTH is 'password', but no password is set: every password login is "
+                f"refused until one is; set the variable {self.passwords.env_name} of the "
+                "server, or run `flask tailnet password` as the server's user"
+            )
+        return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +26,32 @@ except ImportError:  # pragma: no cover - not POSIX
 from .secretfile import SecretFile
 
 PASSWORD_FILE = "password"  # noqa: S105 - a file name
+_CPYTHON = sys.implementation.name == "cpython"
 _HASH_PREFIXES = (b"scrypt:", b"pbkdf2:")
-_MAX_PRESENTED = 1024
+
+#: The longest password, in characters, that a login accepts and ``flask tailnet password`` sets.
+MAX_PASSWORD_LENGTH = 1024
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` is refused, or ``None``: the one set of rules for a password that is set
+    (``flask tailnet password``) and for one presented at a login (:meth:`PasswordSource.verify`).
+
+    Refused: an empty password or one of only whitespace, a NUL character (HMAC pads keys with
+    NULs, so "pw\\0" would match a hash of "pw"), more than :data:`MAX_PASSWORD_LENGTH`
+    characters, and text that cannot be encoded as UTF-8 (a lone surrogate from a bad locale).
+    """
+    if not password.strip():
+        return "an empty password"
+    if "\x00" in password:
+        return "a password with a NUL character"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"a password longer than {MAX_PASSWORD_LENGTH} characters"
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a password that is not valid text (check the terminal's encoding)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +66,31 @@ class Password:
         return self.stored.startswith(_HASH_PREFIXES)
 
 
+def cpython_environ_bytes(environ: Mapping[str, str]) -> Mapping[bytes, bytes] | None:
+    """The bytes dictionary behind ``environ`` when ``environ`` is ``os.environ`` on CPython under
+    POSIX, else ``None``.
+
+    That dictionary is CPython's private ``os.environ._data``, which is ``posix.environ`` and
+    which ``os.environ`` updates in place on every change. It is used only when all of that holds
+    (checked, not assumed): on another interpreter, or where ``_data`` is something else, the
+    mapping itself is read.
+    """
+    if environ is not os.environ or not _CPYTHON or posix is None:
+        return None
+    data = getattr(environ, "_data", None)
+    return data if isinstance(data, dict) and data is getattr(posix, "environ", None) else None
+
+
 def _variable_reader(environ: Mapping[str, str], name: str) -> Callable[[], bytes | None]:
     """A function that reads ``name`` from ``environ`` now, as bytes (``None`` when unset).
 
-    For ``os.environ`` on CPython and POSIX, the bytes dictionary behind it (``posix.environ``,
-    which ``os.environ`` updates in place on every change) is read directly: through
-    ``os.environ`` a read costs four Python calls and a decode, on every Basic request, which
-    measured two points of a bare request. Anywhere else, and for any other mapping, the mapping
-    itself is read.
+    Through ``os.environ`` a read costs four Python calls and a decode, on every Basic request,
+    which measured two points of a bare request; where :func:`cpython_environ_bytes` finds the
+    bytes dictionary behind it, that is read directly instead.
     """
-    if (
-        environ is os.environ
-        and posix is not None
-        and getattr(environ, "_data", None) is getattr(posix, "environ", False)
-    ):
-        return partial(posix.environ.get, os.fsencode(name))
+    data = cpython_environ_bytes(environ)
+    if data is not None:
+        return partial(data.get, os.fsencode(name))
 
     def read() -> bytes | None:
         value = environ.get(name)
@@ -96,18 +131,12 @@ class PasswordSource:
         return bool(self._variable())
 
     def verify(self, presented: str) -> bool:
-        """True if ``presented`` is the password in force. False when there is none, for an empty
-        or over-long attempt, one with a NUL byte, and anything that cannot be encoded; never
-        raises."""
+        """True if ``presented`` is the password in force. False when there is none, and for an
+        attempt that :func:`password_problem` refuses; never raises."""
         password = self.current()
-        if password is None or not presented or len(presented) > _MAX_PRESENTED:
+        if password is None or password_problem(presented) is not None:
             return False
-        if "\x00" in presented:  # HMAC pads keys with NULs: "pw\0" would match a hash of "pw"
-            return False
-        try:
-            attempt = presented.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
+        attempt = presented.encode("utf-8")
         if password.hashed:
             try:
                 return check_password_hash(password.stored.decode("ascii"), presented)

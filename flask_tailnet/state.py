@@ -40,8 +40,11 @@ class GuardState:
 
 
 def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
-    """Everything one app's guard needs, from validated settings. Raises
-    :class:`~flask_tailnet.ConfigurationError` when a chosen method cannot work here."""
+    """Everything one app's guard needs, from validated settings. What depends on the machine (PAM
+    unusable under ``TAILNET_AUTH="pam"``, no password yet under ``"password"``) does not stop the
+    app from loading: those logins are refused per request (see
+    :meth:`~flask_tailnet.methods.MethodChoice.unusable`) and ``flask tailnet status`` says
+    why."""
     token_file = make_token_file(conf.state_dir)
     problem = pam_problem(conf.pam_service)
     pam = None
@@ -52,18 +55,7 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
             raise settings_module.ConfigurationError(
                 f"{settings_module.PAM_USERS}: {exc}"
             ) from None
-    if conf.auth == "pam" and pam is None:
-        raise settings_module.ConfigurationError(
-            f"TAILNET_AUTH is 'pam', but PAM cannot be used: {problem}"
-        )
     passwords = PasswordSource(conf.password_env, SecretFile(conf.state_dir, PASSWORD_FILE))
-    if conf.auth == "password" and passwords.current() is None:
-        raise settings_module.ConfigurationError(
-            f"TAILNET_AUTH is 'password', but no password is set: set the environment variable "
-            f"{conf.password_env}, or write the password file {passwords.file.path} with "
-            "`flask tailnet password` while TAILNET_AUTH is not 'password' (the command loads "
-            "the app, which this setting stops), then set it again"
-        )
     try:
         budget = AttemptBudget(conf.login_limits, conf.ratelimit_storage_uri, namespace=namespace)
     except ValueError as exc:

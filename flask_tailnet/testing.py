@@ -49,7 +49,11 @@ class TailnetClient(FlaskClient):
     Raises :class:`ValueError` for a ``peer`` that is not an IP address, an unknown ``method``,
     or a credential the method needs and was not given (or cannot have: ``"loopback"`` from a
     remote address, a PAM ``user`` the guard does not allow), and :class:`RuntimeError` for an
-    app without a :class:`~flask_tailnet.TailnetGuard`, or a session the guard cannot issue now.
+    app without a :class:`~flask_tailnet.TailnetGuard`, or a session the guard cannot issue now
+    (its message says why when ``TAILNET_AUTH`` forces a method that logs nobody in on this
+    machine: ``"password"`` with no password set, ``"pam"`` where PAM cannot be used). Such an
+    app still loads, and a ``"password"`` or ``"pam"`` client for it is made but refused (401),
+    as a real client would be; the token works.
     """
 
     def __init__(
@@ -99,7 +103,12 @@ class TailnetClient(FlaskClient):
         """Hold the cookie the login page would set after a login by ``user`` now."""
         state = self._state()
         login = state.credentials.choice.resolve().method
+        # The method TAILNET_AUTH forces may log nobody in here (no password yet, PAM unusable):
+        # the app loads regardless, and its logins are refused, so no session can be had.
+        unusable = state.credentials.choice.unusable()
         if user is not None:
+            if login == "pam" and unusable is not None:
+                raise RuntimeError(f"no session can be issued for 'pam' now: {unusable}")
             if login != "pam" or not state.credentials.pam_user_allowed(user):
                 raise ValueError(
                     f"user= is for PAM logins, as one of TAILNET_PAM_USERS: the login method "
@@ -116,8 +125,11 @@ class TailnetClient(FlaskClient):
             else state.sessions.issue(user=user, method=login, credential=credential)
         )
         if cookie is None:
+            why = unusable if login != "token" and unusable is not None else None
             raise RuntimeError(
-                f"no session can be issued for {login!r} now (see `flask tailnet status`)"
+                f"no session can be issued for {login!r} now: {why}"
+                if why is not None
+                else f"no session can be issued for {login!r} now (see `flask tailnet status`)"
             )
         server_name = self.application.config.get("SERVER_NAME") or "localhost"
         self.set_cookie(state.settings.cookie_name, cookie, domain=server_name.partition(":")[0])

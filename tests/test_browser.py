@@ -118,9 +118,9 @@ def file_password_app(
         tmp_path_factory.mktemp("browser-file") / "state",
         FLASK_TAILNET_PASSWORD_ENV="TAILNET_E2E_UNSET",
     )
-    # `password` mode refuses to start without a password: write the first one in `token` mode.
-    first = example_cli({**env, "FLASK_TAILNET_AUTH": "token"}, "password", "--generate")
-    with _serving(tailnet_address, {**env, "FLASK_TAILNET_AUTH": "password"}) as served:
+    env["FLASK_TAILNET_AUTH"] = "password"  # loads without a password, so the CLI can set one
+    first = example_cli(env, "password", "--generate")
+    with _serving(tailnet_address, env) as served:
         yield served, first
 
 

@@ -500,13 +500,6 @@ def test_limited_client_never_reaches_pam(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        pytest.param({"auth": "pam", "pam_service": "no-such-service-x"}, "PAM", id="pam-unusable"),
-        pytest.param(
-            {"auth": "password", "password_env": "UNSET_TAILNET_X"},
-            "no password is set: set the environment variable UNSET_TAILNET_X, or write the "
-            r"password file .*/password with `flask tailnet password` while TAILNET_AUTH is not",
-            id="password-missing",
-        ),
         pytest.param({"auth": "bogus"}, "TAILNET_AUTH", id="unknown-mode"),
         pytest.param({"login_limits": "lots"}, "limit", id="bad-limits"),
         pytest.param({"ratelimit_storage_uri": "memcached://x"}, "memcached", id="bad-storage"),
@@ -520,6 +513,44 @@ def test_unusable_methods_fail_at_start(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make_app(state_dir, **settings)
+
+
+#: Settings whose forced method logs nobody in on this machine, and a word of the reason.
+UNUSABLE_METHODS = [
+    pytest.param({"auth": "pam", "pam_service": "no-such-service-x"}, "PAM", id="pam-unusable"),
+    pytest.param(
+        {"auth": "password", "password_env": "UNSET_TAILNET_X"},
+        "no password is set",
+        id="password-missing",
+    ),
+]
+
+
+@pytest.mark.parametrize(("settings", "reason"), UNUSABLE_METHODS)
+def test_an_unusable_method_loads_and_refuses_every_login_but_the_token(
+    state_dir: Path, settings: dict[str, Any], reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What depends on the machine is no reason not to load the app (the CLI must run to fix it);
+    each login is refused instead, fail closed, with a log line that says what to do."""
+    app = make_app(state_dir, **settings)
+    client = app.test_client()
+    with caplog.at_level("ERROR", logger="flask_tailnet"):
+        assert remote(client, headers=basic("root", "anything")).status_code == 401
+        assert submit(client, "anything", username="root").status_code == 401
+    [logged] = [r.getMessage() for r in caplog.records if "a login was refused" in r.message]
+    assert reason in logged  # once a minute, not once per attempt
+    assert "anything" not in caplog.text
+    token = app.extensions["tailnet"].token_file.ensure().decode()
+    assert remote(app.test_client(), headers=basic("x", token)).json["method"] == "token"
+
+
+def test_a_password_set_after_start_logs_in_without_a_restart(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(state_dir, auth="password", password_env="UNSET_TAILNET_X")
+    assert remote(app.test_client(), headers=basic("x", "now set")).status_code == 401
+    monkeypatch.setenv("UNSET_TAILNET_X", "now set")
+    assert remote(app.test_client(), headers=basic("x", "now set")).json["method"] == "password"
 
 
 def test_token_client_that_succeeded_still_spends_on_failures(

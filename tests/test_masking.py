@@ -163,3 +163,29 @@ def test_innocent_query_values_stay_in_error_text() -> None:
     assert without_secrets("Error connecting to 127.0.0.1:6379", secrets) == (
         "Error connecting to 127.0.0.1:6379"
     )
+
+
+# More spellings, as `flask tailnet status` shows the limit storage.
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("memory://", "memory://"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw@host:6379/0", "redis://***@host:6379/0"),
+        ("redis://user:pw@host", "redis://***@host"),
+        ("redis://user:p@ss@host", "redis://***@host"),
+        ("redis://user:p/ss@host/0", "redis://***@host/0"),
+        ("redis://user:p?ss@host/0", "redis://***"),  # as ambiguous as redis://h?password=p@ss
+        ("redis://user:p#ss@host/0", "redis://***"),
+        ("rediss://user:pw@host/0?x=1", "rediss://***@host/0?x=***"),
+        ("redis://host/0?password=pw&db=1", "redis://host/0?password=***&db=***"),
+        ("redis+unix:///run/redis.sock?password=pw", "redis+unix:///run/redis.sock?password=***"),
+        ("redis://host/0?pw", "redis://host/0?***"),
+        ("redis://host/0#pw", "redis://host/0#***"),
+        ("redis+sentinel://:pw@h1:26379,h2:26379/m", "redis+sentinel://***@h1:26379,h2:26379/m"),
+        ("user:pw@host", "***@host"),
+    ],
+)
+def test_mask_uri(uri: str, masked: str) -> None:
+    assert mask_uri(uri) == masked

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from werkzeug.security import generate_password_hash
 
-from flask_tailnet.passwords import Password, PasswordSource
+from flask_tailnet import passwords as passwords_module
+from flask_tailnet.passwords import (
+    MAX_PASSWORD_LENGTH,
+    Password,
+    PasswordSource,
+    password_problem,
+)
 from flask_tailnet.secretfile import SecretFile
 
 
@@ -91,11 +99,37 @@ def test_file_changes_take_effect_without_restart(tmp_path: Path) -> None:
     assert source.current() is None
 
 
+def _other_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(passwords_module, "_CPYTHON", False)
+
+
+def _environ_data_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(passwords_module, "posix", SimpleNamespace(environ={}))
+
+
+@pytest.mark.parametrize(
+    ("where", "fast"),
+    [
+        pytest.param(
+            lambda monkeypatch: None, True, id="cpython-reads-the-bytes-behind-os.environ"
+        ),
+        pytest.param(_other_interpreter, False, id="another-interpreter-reads-os.environ"),
+        pytest.param(_environ_data_elsewhere, False, id="private-data-not-posix.environ"),
+    ],
+)
 def test_the_process_environment_is_read_at_every_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: Callable[[pytest.MonkeyPatch], None],
+    fast: bool,
 ) -> None:
-    """os.environ is read through its fast path (the bytes mapping behind it); every way of
-    changing it is seen by the next check."""
+    """os.environ is read through its fast path (the bytes mapping behind it) on CPython only,
+    else through os.environ itself; either way every way of changing it is seen by the next
+    check."""
+    where(monkeypatch)
+    data = passwords_module.cpython_environ_bytes(os.environ)
+    assert (data is getattr(os.environ, "_data", None)) if fast else (data is None)
+    assert passwords_module.cpython_environ_bytes(dict(os.environ)) is None
     monkeypatch.delenv("TAILNET_TEST_PW", raising=False)
     write_private(tmp_path / "state" / "password", "from-file")
     source = PasswordSource("TAILNET_TEST_PW", SecretFile(tmp_path / "state", "password"))
@@ -120,3 +154,38 @@ def test_the_same_bytes_from_the_other_source_keep_their_origin(tmp_path: Path) 
     assert source.current() == Password("env", b"same")
     environ.clear()
     assert source.current() == Password("file", b"same")
+
+
+LONGEST = "p" * MAX_PASSWORD_LENGTH
+
+#: (password, a word of the refusal or None): one table for what may be set and what logs in.
+PASSWORD_RULES = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("   ", "empty", id="spaces"),
+    pytest.param("a\x00", "NUL", id="nul"),
+    pytest.param("a" * (MAX_PASSWORD_LENGTH + 1), "longer", id="too-long"),
+    pytest.param("caf\udce9", "not valid text", id="lone-surrogate-from-a-bad-locale"),
+    pytest.param(" padded ", None, id="surrounding-spaces-kept"),
+    pytest.param("ünïcødé ✓", None, id="unicode"),
+    pytest.param(LONGEST, None, id="longest-accepted"),
+]
+
+
+@pytest.mark.parametrize(("password", "problem"), PASSWORD_RULES)
+def test_password_problem_table(password: str, problem: str | None) -> None:
+    found = password_problem(password)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+@pytest.mark.parametrize(("password", "problem"), PASSWORD_RULES)
+def test_a_login_refuses_what_cannot_be_set(password: str, problem: str | None) -> None:
+    """The login and ``flask tailnet password`` follow the same rules: a password that could not
+    be set never logs in, even where the variable holds exactly it."""
+    source = PasswordSource(
+        "TEST_PW", SecretFile(Path("/nonexistent"), "password"), {"TEST_PW": password}
+    )
+    assert source.verify(password) is (problem is None)

@@ -172,6 +172,38 @@ def test_no_session_while_the_session_key_is_unusable(state_dir: Path) -> None:
         app.test_client(method="session")
 
 
+@pytest.mark.parametrize(
+    ("settings", "user", "reason"),
+    [
+        pytest.param(
+            {"auth": "password", "password_env": "UNSET_TAILNET_X"},
+            None,
+            "TAILNET_AUTH is 'password', but no password is set",
+            id="password-missing",
+        ),
+        pytest.param(
+            {"auth": "pam", "pam_service": "no-such-service-x", "pam_users": ["alice"]},
+            "alice",
+            "TAILNET_AUTH is 'pam', but PAM cannot be used",
+            id="pam-unusable",
+        ),
+    ],
+)
+def test_a_forced_method_that_logs_nobody_in(
+    state_dir: Path, settings: dict[str, Any], user: str | None, reason: str
+) -> None:
+    """The app loads (the CLI must run to fix it): a session for that method cannot be had, and
+    says why; Basic with it is refused as a real client's would be; the token still works."""
+    app = make(state_dir, **settings)
+    with pytest.raises(RuntimeError, match=f"no session can be issued.*{reason}"):
+        app.test_client(method="session", user=user)
+    assert who(app.test_client(method="password", password="anything"))[0] == 401
+    assert who(app.test_client(method="pam", user="alice", password="anything"))[0] == 401
+    assert who(app.test_client(method="token"))[1]["method"] == "token"
+    if user is not None:  # PAM: the form takes the token in every mode
+        assert who(app.test_client(method="session"))[1]["method"] == "session"
+
+
 def test_session_cookie_for_an_app_with_a_server_name(state_dir: Path) -> None:
     app = make(state_dir, allowed_hosts=["app.example"])
     app.config["SERVER_NAME"] = "app.example:5000"
