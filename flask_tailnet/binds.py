@@ -337,11 +337,16 @@ def default_binds(port: int, tailnet_addresses: Iterable[str]) -> list[str]:
 
 
 def default_port(environ: Mapping[str, str]) -> int:
-    """The port of the default binds: ``$PORT`` as gunicorn reads it, else :data:`DEFAULT_PORT`."""
+    """The port of the default binds: ``$PORT`` as gunicorn reads it, else :data:`DEFAULT_PORT`
+    (also for a ``$PORT`` that is no number). Raises :class:`BindRefused` for a number that is no
+    port."""
     try:
-        return int(environ.get("PORT", DEFAULT_PORT))
+        port = int(environ.get("PORT", DEFAULT_PORT))
     except ValueError:
         return DEFAULT_PORT
+    if not 0 <= port <= 65535:
+        raise BindRefused(f"PORT={port} is not a port (0 to 65535)")
+    return port
 
 
 def single_port(specs: Iterable[str]) -> int | None:

@@ -34,7 +34,7 @@ from .masking import mask_uri
 from .pamauth import pam_status
 from .passwords import MAX_PASSWORD_LENGTH, password_problem
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
-from .settings import DEFAULT_PORT, Settings
+from .settings import DEFAULT_PORT, FLASK_RUN_PORT, Settings
 from .state import GuardState, guard_state
 from .token import login_link
 
@@ -295,10 +295,6 @@ def _mode_and_owner(path: Path) -> str:
     return f"{kind}mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
 
 
-#: The port ``flask run`` listens on without ``--port`` or ``$FLASK_RUN_PORT``.
-FLASK_RUN_PORT = 5000
-
-
 @tailnet.command("url")
 @click.option(
     "--port",
@@ -339,7 +335,10 @@ def url_port(conf: Settings) -> tuple[int, str]:
     if configured is not None:
         where = "the environment's" if env_binds else "the app's"
         return configured, f"the port of {where} TAILNET_BIND"
-    serve = default_port(os.environ)
+    try:
+        serve = default_port(os.environ)
+    except BindRefused:
+        serve = DEFAULT_PORT
     try:
         run = int(os.environ.get("FLASK_RUN_PORT", FLASK_RUN_PORT))
     except ValueError:
@@ -370,7 +369,7 @@ def serve_command(info: ScriptInfo, gunicorn_args: tuple[str, ...]) -> None:
     machine's tailnet addresses, every bind checked first. Options go to gunicorn (-b, -w, -k,
     --threads, --access-logfile; see gunicorn --help)."""
     try:
-        from .gunicorn import serve  # noqa: PLC0415 - gunicorn is an optional extra
+        from .gunicorn_serve import serve  # noqa: PLC0415 - gunicorn is an optional extra
     except ImportError as exc:
         if exc.name != "gunicorn" and not (exc.name or "").startswith("gunicorn."):
             raise

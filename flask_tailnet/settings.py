@@ -74,6 +74,9 @@ ALLOW_WILDCARD_BIND = "TAILNET_ALLOW_WILDCARD_BIND"
 #: gunicorn's port, for a bind spec without one and for the default binds (``$PORT`` overrides it
 #: there, as gunicorn reads it).
 DEFAULT_PORT = 8000
+#: The port ``flask run`` listens on without ``--port`` or ``$FLASK_RUN_PORT`` (Flask's default),
+#: which ``flask tailnet url`` assumes when it finds nothing better.
+FLASK_RUN_PORT = 5000
 
 DEFAULTS: Mapping[str, Any] = {
     NETWORK: "tailnet",

@@ -30,6 +30,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flask_tailnet import gunicorn as tg
 from flask_tailnet.addresses import is_tailnet, parse_ip
 from flask_tailnet.binds import parse_bind
+from flask_tailnet.gunicorn_binds import MachineAddresses, fill_in
+from flask_tailnet.gunicorn_hooks import find_guard_states
+from flask_tailnet.gunicorn_links import login_urls
 from flask_tailnet.machine import interface_addresses
 
 from .conftest import make_app
@@ -193,23 +196,28 @@ def test_command_line_settings_take_precedence(monkeypatch: pytest.MonkeyPatch) 
     assert cfg.when_ready is tg.when_ready
 
 
-def test_default_bind_is_loopback_plus_tailnet(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TAILNET_BIND", raising=False)
-    monkeypatch.delenv("FLASK_TAILNET_BIND", raising=False)
-    monkeypatch.delenv("PORT", raising=False)
-    monkeypatch.setattr(tg, "machine_addresses", lambda: ["100.64.0.42", "fd7a:115c:a1e0::42"])
-    monkeypatch.setattr(tg, "can_listen_on", lambda address: True)
-    assert tg._default_bind() == (
-        ["127.0.0.1:8000", "100.64.0.42:8000", "[fd7a:115c:a1e0::42]:8000"],
-        False,
-        None,
-    )
-    monkeypatch.setattr(tg, "machine_addresses", lambda: [])
-    assert tg._default_bind() == (["127.0.0.1:8000"], True, None)
-    monkeypatch.setenv("PORT", "9002")
-    assert tg._default_bind()[0] == ["127.0.0.1:9002"]
-    monkeypatch.setenv("TAILNET_BIND", "100.64.0.42:9003 unix:/run/app.sock")
-    assert tg._default_bind() == (["100.64.0.42:9003", "unix:/run/app.sock"], False, None)
+def test_default_bind_is_loopback_plus_tailnet() -> None:
+    """The binds gunicorn gets when nothing chose them, filled in at start (not at import)."""
+
+    def default(addresses: list[str], environ: dict[str, str]) -> list[str]:
+        cfg = Config()
+        cfg.set("bind", tg.bind)
+        found = MachineAddresses(find=lambda: addresses, can_listen=lambda address: True)
+        fill_in(cfg, [], environ, found)
+        return list(cfg.bind)
+
+    tailnet = ["100.64.0.42", "fd7a:115c:a1e0::42"]
+    assert default(tailnet, {}) == [
+        "127.0.0.1:8000",
+        "100.64.0.42:8000",
+        "[fd7a:115c:a1e0::42]:8000",
+    ]
+    assert default([], {}) == ["127.0.0.1:8000"]
+    assert default([], {"PORT": "9002"}) == ["127.0.0.1:9002"]
+    assert default(tailnet, {"TAILNET_BIND": "100.64.0.42:9003 unix:/run/app.sock"}) == [
+        "100.64.0.42:9003",
+        "unix:/run/app.sock",
+    ]
 
 
 # ---- finding the guard behind gunicorn's callable ------------------------------------------
@@ -219,14 +227,14 @@ def test_find_guard_states_through_wrappers(tmp_path: Path) -> None:
     app = make_app(tmp_path / "a")
     other = make_app(tmp_path / "b")
     state, other_state = app.extensions["tailnet"], other.extensions["tailnet"]
-    assert tg.find_guard_states(app) == [state]
-    assert tg.find_guard_states(app.wsgi_app) == [state]
-    assert tg.find_guard_states(ProxyFix(app)) == [state]
-    assert tg.find_guard_states(ProxyFix(ProxyFix(app.wsgi_app))) == [state]
-    both = tg.find_guard_states(DispatcherMiddleware(app, {"/other": other}))
+    assert find_guard_states(app) == [state]
+    assert find_guard_states(app.wsgi_app) == [state]
+    assert find_guard_states(ProxyFix(app)) == [state]
+    assert find_guard_states(ProxyFix(ProxyFix(app.wsgi_app))) == [state]
+    both = find_guard_states(DispatcherMiddleware(app, {"/other": other}))
     assert both == [state, other_state]
-    assert tg.find_guard_states(Flask("bare")) == []
-    assert tg.find_guard_states(lambda environ, start_response: []) == []
+    assert find_guard_states(Flask("bare")) == []
+    assert find_guard_states(lambda environ, start_response: []) == []
 
 
 @pytest.mark.parametrize(
@@ -247,7 +255,7 @@ def test_find_guard_states_through_wrappers(tmp_path: Path) -> None:
 )
 def test_login_urls(specs: list[str], expected: list[str]) -> None:
     binds = [parse_bind(spec) for spec in specs]
-    assert tg.login_urls(binds, b"t/k", ["100.64.0.42"]) == expected
+    assert login_urls(binds, b"t/k", ["100.64.0.42"]) == expected
 
 
 # ---- real gunicorn ---------------------------------------------------------------------------

@@ -285,13 +285,15 @@ def test_can_listen_on(address: str, expected: bool) -> None:
     assert machine.can_listen_on(address) is expected
 
 
-def test_default_binds_leave_out_tailnet_addresses_this_machine_cannot_listen_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_default_binds_leave_out_tailnet_addresses_this_machine_cannot_listen_on() -> None:
     """Userspace tailscaled: ``tailscale ip`` names an address that is on no interface."""
-    from flask_tailnet import gunicorn as tg  # noqa: PLC0415 - needs the gunicorn extra
+    from gunicorn.config import Config  # noqa: PLC0415 - needs the gunicorn extra
 
-    for name in ("TAILNET_BIND", "FLASK_TAILNET_BIND", "PORT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(tg, "machine_addresses", lambda: ["100.64.0.99"])
-    assert tg._default_bind() == (["127.0.0.1:8000"], True, None)
+    from flask_tailnet.gunicorn_binds import MachineAddresses, fill_in  # noqa: PLC0415
+
+    cfg = Config()
+    cfg.set("bind", [])  # what the config module gives gunicorn
+    found = MachineAddresses(find=lambda: ["100.64.0.99"])  # the real can_listen_on
+    assert fill_in(cfg, [], {}, found) is True  # the default binds ...
+    assert cfg.bind == ["127.0.0.1:8000"]
+    assert found.bindable() == []  # ... loopback only, for want of a bindable tailnet address
