@@ -18,7 +18,6 @@ _net = ipaddress.ip_network
 #: Longer values are not an address (the longest IPv6 text with a zone is far shorter).
 MAX_ADDRESS_LENGTH = 64
 
-LOOPBACK: tuple[Network, ...] = (_net("127.0.0.0/8"), _net("::1/128"))
 #: Tailscale's CGNAT range. It is shared address space that ISPs use too: membership is necessary,
 #: not sufficient, which is why remote peers still need a credential.
 TAILNET_V4 = _net("100.64.0.0/10")
@@ -71,7 +70,8 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
 
 
 def is_loopback(ip: IPAddress | None) -> bool:
-    """True only for 127.0.0.0/8 and ::1 (after IPv4-mapped normalization)."""
+    """The loopback rule, for an address from :func:`parse_ip` (which judges an IPv4-mapped
+    address as its IPv4): true only for 127.0.0.0/8 and ::1, never for ``None``."""
     return ip is not None and ip.is_loopback
 
 
@@ -92,7 +92,7 @@ class Policy:
         non-loopback addresses outside a non-empty allowlist."""
         if ip is None:
             return False
-        if ip.is_loopback:
+        if is_loopback(ip):
             return True
         if not self.contains(ip):
             return False
@@ -102,7 +102,7 @@ class Policy:
         """True if ``ip`` is inside the named policy, loopback included, allowlist ignored."""
         if ip is None:
             return False
-        if self.name == "any" or ip.is_loopback or is_tailnet(ip):
+        if self.name == "any" or is_loopback(ip) or is_tailnet(ip):
             return True
         return self.name == "local" and in_networks(ip, LOCAL_EXTRA)
 

@@ -11,22 +11,28 @@ lookup, not a round trip to the limiter's storage (and not a PAM conversation) p
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .addresses import is_loopback, parse_ip
 from .caches import BoundedCache
 from .peer import Peer, logged_in
-from .ratelimit import AttemptBudget, budget_key, exempt
+from .ratelimit import AttemptBudget, budget_key
+from .token import secret_matches
+
+#: What a remembered success depends on (see :meth:`Attempts.attempt`): the credential in force
+#: (the token, the stored password), whether a PAM user is still allowed, or ``None`` when the
+#: way in is not in force any more (nothing is remembered, and nothing remembered is served).
+InForce = bytes | bool | None
 
 
-def secret_matches(presented: bytes, secret: bytes | None) -> bool:
-    """Constant-time comparison of bytes. False when either side is empty or absent."""
-    if not presented or not secret:
-        return False
-    return hmac.compare_digest(presented, secret)
+def unmetered(address: str | None) -> bool:
+    """True only for a loopback IP address (``127.0.0.0/8``, ``::1``, an IPv4-mapped loopback),
+    whose attempts are never counted. ``None``, a name, or anything else that is not an IP
+    address (as :func:`~flask_tailnet.addresses.parse_ip` reads it) is metered."""
+    return is_loopback(parse_ip(address))
 
 
 _KNOWN_LIMIT = 4096
@@ -51,7 +57,7 @@ class Attempts:
         # Keyed once; each digest copies it (cheaper than keying a new hash per request).
         self._keyed = hashlib.blake2b(key=os.urandom(32), digest_size=16)
         # Keys are canonical addresses and fixed-size digests: bounded by the entry count.
-        self._known_cache: BoundedCache[_Slot, tuple[float, object, Peer]]
+        self._known_cache: BoundedCache[_Slot, tuple[float, InForce, Peer]]
         self._known_cache = BoundedCache(max_entries=_KNOWN_LIMIT, max_key_size=0)
         self._token_cache: BoundedCache[_Client, tuple[bytes, Peer]]
         self._token_cache = BoundedCache(max_entries=_KNOWN_LIMIT, max_key_size=0)
@@ -61,7 +67,7 @@ class Attempts:
         self._token_clients = self._token_cache.entries
         self._failing = self._failing_cache.entries
 
-    def check_token(
+    def attempt_token(
         self, anonymous: Peer, presented: bytes, token: bytes | None
     ) -> Peer | Limited | None:
         """The bearer token under the budget. A client whose last token attempt succeeded with
@@ -72,7 +78,7 @@ class Attempts:
         known = self._token_clients.get(slot)
         if known is not None and known[0] is token and secret_matches(presented, token):
             return known[1]
-        result = self.check(
+        result = self.attempt(
             anonymous,
             presented,
             None,
@@ -85,10 +91,10 @@ class Attempts:
         return result
 
     def remembered(
-        self, anonymous: Peer, presented: bytes, in_force: Callable[[Peer], object]
+        self, anonymous: Peer, presented: bytes, in_force: Callable[[Peer], InForce]
     ) -> tuple[Peer | None, bytes]:
         """A remembered success of this client with this credential that still holds, if any,
-        and the keyed digest to pass on to :meth:`check` (so it is computed once). A client
+        and the keyed digest to pass on to :meth:`attempt` (so it is computed once). A client
         whose last attempt failed gets nothing from memory until it succeeds again, so a guesser
         cannot use remembered successes as an unmetered oracle."""
         hasher = self._keyed.copy()
@@ -102,11 +108,11 @@ class Attempts:
             return known[2], digest
         return None, digest
 
-    def check(
+    def attempt(
         self,
         anonymous: Peer,
         presented: bytes,
-        in_force: Callable[[Peer], object] | None,
+        in_force: Callable[[Peer], InForce] | None,
         verify: Callable[[], Peer | None],
     ) -> Peer | Limited | None:
         """``verify()`` under the budget: the peer it admits, :class:`Limited`, or ``None``.
@@ -123,7 +129,7 @@ class Attempts:
             if remembered is not None:
                 return remembered
         client = anonymous.address
-        limited = not exempt(client)
+        limited = not unmetered(client)
         if limited:
             spent = self.budget.spend(budget_key(client))
             if not spent.allowed:

@@ -41,16 +41,11 @@ from .addresses import (
     TAILNET_V6,
     IPAddress,
     in_networks,
+    is_loopback,
     is_tailnet,
     parse_ip,
 )
-
-#: The setting (and environment variable) that lists the bind specs.
-BIND = "TAILNET_BIND"
-#: The setting (and environment variable) that permits the wildcard address.
-ALLOW_WILDCARD_BIND = "TAILNET_ALLOW_WILDCARD_BIND"
-#: gunicorn's port for a spec without one.
-DEFAULT_PORT = 8000
+from .settings import ALLOW_WILDCARD_BIND, BIND, DEFAULT_PORT
 
 _WILDCARD_FIX = (
     "bind a tailnet address (tailscale ip -4) or 127.0.0.1, or set "
@@ -236,7 +231,7 @@ def address_problem(ip: IPAddress, *, network: str, allow_wildcard: bool) -> str
         if allow_wildcard:
             return None
         return f"the wildcard address serves every network this machine is on; {_WILDCARD_FIX}"
-    if ip.is_loopback or is_tailnet(ip):
+    if is_loopback(ip) or is_tailnet(ip):
         return None
     if in_networks(ip, (TAILNET_V4, TAILNET_V6)):
         return (

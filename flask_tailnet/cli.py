@@ -7,7 +7,6 @@ are their ``--help`` text, so they are plain text, not reStructuredText.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pwd
 import secrets
@@ -16,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote_from_bytes
 
 import click
 from flask import current_app
@@ -24,7 +22,6 @@ from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
 from .binds import (
-    DEFAULT_PORT,
     BindRefused,
     binds_from_env,
     check_binds,
@@ -32,13 +29,14 @@ from .binds import (
     single_port,
 )
 from .credentials import LoginCredentials
-from .extension import GuardState, guard_state
 from .machine import listening_ports, machine_addresses, tailnet_addresses
 from .masking import mask_uri
 from .pamauth import pam_status
 from .passwords import MAX_PASSWORD_LENGTH, password_problem
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
-from .settings import Settings
+from .settings import DEFAULT_PORT, FLASK_RUN_PORT, Settings
+from .state import GuardState, guard_state
+from .token import login_link
 
 tailnet = AppGroup("tailnet", help="flask-tailnet: the guard's token, password and state.")
 
@@ -157,14 +155,14 @@ def stdin_is_a_terminal() -> bool:
 def _why_the_login_page_ignores_the_file(credentials: LoginCredentials) -> str | None:
     """Why a password written to the file now would not be what the login page asks for (PAM or
     the token is in force, or the password variable wins over the file), or ``None``."""
-    resolution = credentials.resolve()
+    resolution = credentials.choice.resolve()
     switch = 'set TAILNET_AUTH="password" to log in with it'
     if resolution.method == "pam":
         return (
             f"it asks for a user name and system password ({resolution.why}; "
-            f"TAILNET_AUTH={credentials.mode}); {switch}"
+            f"TAILNET_AUTH={credentials.choice.mode}); {switch}"
         )
-    if credentials.mode == "token":
+    if credentials.choice.mode == "token":
         return f"it asks for the token (TAILNET_AUTH is 'token'); {switch}"
     if credentials.passwords.from_env():
         return (
@@ -175,7 +173,7 @@ def _why_the_login_page_ignores_the_file(credentials: LoginCredentials) -> str |
 
 
 def _say_method(state: GuardState) -> None:
-    resolution = state.credentials.resolve()
+    resolution = state.credentials.choice.resolve()
     click.echo(f"login method now: {resolution.method} ({resolution.why})", err=True)
 
 
@@ -189,8 +187,8 @@ def status_command() -> None:
     this machine (PAM unusable, no password set)."""
     state = _state()
     conf = state.settings
-    resolution = state.credentials.resolve()
-    unusable = state.credentials.unusable()
+    resolution = state.credentials.choice.resolve()
+    unusable = state.credentials.choice.unusable()
     unsafe = False
     lines = [
         f"login method:     {resolution.method} ({resolution.why}; TAILNET_AUTH={conf.auth})",
@@ -297,10 +295,6 @@ def _mode_and_owner(path: Path) -> str:
     return f"{kind}mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}"
 
 
-#: The port ``flask run`` listens on without ``--port`` or ``$FLASK_RUN_PORT``.
-FLASK_RUN_PORT = 5000
-
-
 @tailnet.command("url")
 @click.option(
     "--port",
@@ -316,13 +310,13 @@ def url_command(port: int | None, scheme: str) -> None:
     state = _state()
     token_file = state.token_file
     with _file_errors(token_file):
-        token = quote_from_bytes(token_file.ensure(), safe="")
+        token = token_file.ensure()
     if port is None:
         port, how = url_port(state.settings)
         click.echo(f"port {port}: {how}; pass --port if the app listens elsewhere", err=True)
     found = tailnet_addresses(machine_addresses())
-    for host in ["localhost", *map(url_host, found)]:
-        click.echo(f"{scheme}://{host}:{port}/?token={token}")
+    for host in ["localhost", *found]:
+        click.echo(login_link(scheme, host, port, token))
     if not found:
         click.echo("no tailnet address found on this machine: is Tailscale up?", err=True)
     click.echo("Anyone with one of these links is logged in: share them with care.", err=True)
@@ -361,11 +355,6 @@ def url_port(conf: Settings) -> tuple[int, str]:
     ports = " or ".join(str(port) for port in dict.fromkeys(defaults.values()))
     listen = "this user listens on both" if found else "this user listens on neither"
     return defaults["flask run"], f"assumed, the port of flask run ({listen} of {ports} here)"
-
-
-def url_host(address: str) -> str:
-    """``address`` as the host of a URL: IPv6 in brackets."""
-    return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
 
 
 @tailnet.command(

@@ -13,18 +13,18 @@ import enum
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from .attempts import Attempts, Limited, secret_matches
+from .attempts import Attempts, InForce, Limited
 from .caches import BoundedCache
-from .gate import PROXY_FIX_ORIG, SAFE_METHODS
+from .gate import SAFE_METHODS
 from .hosts import cross_site
-from .pamauth import PamVerifier
-from .passwords import Password, PasswordSource
+from .methods import LoginMethod, MethodChoice
 from .peer import Peer, logged_in
+from .proxies import original_host
 from .secretfile import SecretFile
 from .sessions import Session, SessionCodec, SessionMethod
+from .token import secret_matches
 from .watch import RECHECK_SECONDS
 
 
@@ -39,7 +39,9 @@ StepResult = Peer | Decision | Limited | None
 
 
 class Step(Protocol):
-    """One way to authenticate: return the authenticated peer, :data:`DENY`, or ``None`` to pass."""
+    """One step of the cascade, called with the request's environ and its anonymous peer: the
+    authenticated peer, :data:`DENY` (401) or :data:`FORBID` (403), :class:`Limited` (429), or
+    ``None`` to pass to the next step."""
 
     def __call__(self, environ: Mapping[str, Any], peer: Peer) -> StepResult: ...
 
@@ -70,7 +72,7 @@ class BearerToken:
     Passes when there is no bearer header. Denies an empty, wrong or non-ASCII token, and every
     token while the token file is missing-and-uncreatable, untrusted or empty; a client over its
     budget is :class:`Limited` before its token is compared. The token file is created on first
-    need. The step is the bound method :meth:`check`.
+    need. The step is the bound method :meth:`authenticate`.
     """
 
     def __init__(self, token_file: SecretFile, attempts: Attempts) -> None:
@@ -78,11 +80,11 @@ class BearerToken:
         self.attempts = attempts
         self._read = token_file.read
 
-    def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+    def authenticate(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         presented = bearer_credential(environ.get("HTTP_AUTHORIZATION"))
         if presented is None:
             return None
-        result = self.attempts.check_token(peer, presented, self._read(create=True))
+        result = self.attempts.attempt_token(peer, presented, self._read(create=True))
         return DENY if result is None else result
 
 
@@ -107,7 +109,7 @@ class BasicAuth:
     """``Authorization: Basic`` with the login form's credential, under the attempt budget.
 
     The username matters for PAM only. Passes when there is no Basic header; denies a malformed
-    or wrong one.
+    or wrong one. The step is the bound method :meth:`authenticate`.
     """
 
     def __init__(self, credentials: LoginCredentials, attempts: Attempts) -> None:
@@ -116,7 +118,7 @@ class BasicAuth:
         self._remembered = attempts.remembered  # bound once: this runs on every Basic request
         self._in_force = credentials.in_force
 
-    def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+    def authenticate(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         header = environ.get("HTTP_AUTHORIZATION")
         if not isinstance(header, str) or (
             not header.startswith("Basic ") and header.lstrip()[:6].lower() != "basic "
@@ -133,10 +135,10 @@ class BasicAuth:
             return DENY
 
         def verify() -> Peer | None:
-            found = self.credentials.check(username, password)
+            found = self.credentials.verify(username, password)
             return None if found is None else logged_in(peer, found[0], found[1])
 
-        result = self.attempts.check(peer, presented, self.credentials.in_force, verify)
+        result = self.attempts.attempt(peer, presented, self.credentials.in_force, verify)
         return DENY if result is None else result
 
 
@@ -154,6 +156,7 @@ class SessionCookie:
     and the password file are all in that directory, so a rotation, a new password file or a new
     session key ends the shortcut at once, as it ends the session. A session made with the
     password variable is re-verified on every request: the variable is not in the directory.
+    The step is the bound method :meth:`authenticate`.
     """
 
     def __init__(self, name: str, codec: SessionCodec, credentials: LoginCredentials) -> None:
@@ -169,7 +172,7 @@ class SessionCookie:
         )
         self._memo = self._memo_cache.entries
 
-    def check(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
+    def authenticate(self, environ: Mapping[str, Any], peer: Peer) -> StepResult:
         header = environ.get("HTTP_COOKIE")
         if not header or self._prefix not in header:
             return None
@@ -186,10 +189,10 @@ class SessionCookie:
             if found is None:
                 return None
             session = found
-        if environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ:
-            host = environ.get(PROXY_FIX_ORIG, environ).get("HTTP_HOST")
-            if cross_site(environ, host):
-                return FORBID
+        if (
+            environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
+        ) and cross_site(environ, original_host(environ)):
+            return FORBID
         return logged_in(peer, "session", session.user)
 
     def _verify(self, header: str) -> Session | None:
@@ -231,77 +234,24 @@ def cookie_value(header: str, name: str) -> str | None:
     return header[start + len(prefix) : end if end >= 0 else None].strip().strip('"')
 
 
-LoginMethod = Literal["pam", "password", "token"]
 #: Seconds between two log lines saying that the forced login method logs nobody in.
 _REMIND_SECONDS = 60.0
 log = logging.getLogger("flask_tailnet")
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """The login method in force for people, and why it was chosen (``flask tailnet status``)."""
-
-    method: LoginMethod
-    why: str
-
-
 class LoginCredentials:
-    """What a person may log in with: the resolved method, and the bearer token in every mode.
+    """What a person may log in with: the method in force (chosen by :mod:`flask_tailnet.methods`),
+    and the bearer token in every mode."""
 
-    ``"auto"`` takes the first that applies: PAM (usable at start-up), the password variable, the
-    password file, the token. The password sources are looked at on every call, so creating or
-    removing the file, or setting the variable, takes effect without a restart.
-    """
-
-    def __init__(
-        self,
-        mode: str,
-        token_file: SecretFile,
-        passwords: PasswordSource,
-        pam: PamVerifier | None,
-        pam_problem: str | None,
-    ) -> None:
-        self.mode = mode
+    def __init__(self, token_file: SecretFile, choice: MethodChoice) -> None:
         self.token_file = token_file
-        self.passwords = passwords
-        self.pam = pam
-        self.pam_problem = pam_problem
+        self.choice = choice
+        self.passwords = choice.passwords
+        self.pam = choice.pam
+        self._method = choice.method  # bound once: in_force runs on remembered requests
         self._quiet_until = 0.0
 
-    def _method(self, password: Password | None) -> LoginMethod:
-        if self.mode == "token":
-            return "token"
-        if self.mode == "pam" or (self.mode == "auto" and self.pam is not None):
-            return "pam"
-        return "password" if password is not None or self.mode == "password" else "token"
-
-    def resolve(self) -> Resolution:
-        """The method in force now."""
-        if self.mode == "token":
-            return Resolution("token", "TAILNET_AUTH is 'token'")
-        if self.mode == "pam":
-            if self.pam is None:
-                return Resolution("pam", "TAILNET_AUTH is 'pam', but PAM cannot be used")
-            return Resolution("pam", "TAILNET_AUTH is 'pam'")
-        if self.mode == "auto" and self.pam is not None:
-            return Resolution("pam", f"PAM service {self.pam.service!r} is usable")
-        password = self.passwords.current()
-        if password is not None:
-            where = (
-                f"the environment variable {self.passwords.env_name}"
-                if password.origin == "env"
-                else f"the password file {self.passwords.file.path}"
-            )
-            return Resolution("password", f"a password is set in {where}")
-        if self.mode == "password":
-            return Resolution("password", "TAILNET_AUTH is 'password', but no password is set")
-        return Resolution(
-            "token",
-            f"no PAM ({self.pam_problem}), no {self.passwords.env_name} variable, "
-            "no password file: the generated token",
-        )
-
-    def check(self, username: str | None, secret: str) -> tuple[LoginMethod, str | None] | None:
+    def verify(self, username: str | None, secret: str) -> tuple[LoginMethod, str | None] | None:
         """The method and user that ``secret`` (with ``username`` for PAM) logs in as, or ``None``.
 
         The token is accepted in every mode, in the secret field; then the resolved method is
@@ -323,34 +273,18 @@ class LoginCredentials:
         self._remind_if_unusable()
         return None
 
-    def unusable(self) -> str | None:
-        """Why the method that ``TAILNET_AUTH`` forces logs nobody in now, and what to do; ``None``
-        when it can. Such logins are refused (the token still works); the app loads regardless,
-        so that ``flask tailnet password`` and ``status`` can run."""
-        if self.mode == "pam" and self.pam is None:
-            return (
-                f"TAILNET_AUTH is 'pam', but PAM cannot be used: {self.pam_problem}; every "
-                "PAM login is refused until that is fixed and the server restarted"
-            )
-        if self.mode == "password" and self.passwords.current() is None:
-            return (
-                "TAILNET_AUTH is 'password', but no password is set: every password login is "
-                f"refused until one is; set the variable {self.passwords.env_name} of the "
-                "server, or run `flask tailnet password` as the server's user"
-            )
-        return None
-
     def _remind_if_unusable(self) -> None:
-        """Log :meth:`unusable`'s reason at a refused login, at most once a minute."""
+        """Log :meth:`~flask_tailnet.methods.MethodChoice.unusable`'s reason at a refused login,
+        at most once a minute."""
         now = time.monotonic()
         if now < self._quiet_until:
             return
-        reason = self.unusable()
+        reason = self.choice.unusable()
         if reason is not None:
             self._quiet_until = now + _REMIND_SECONDS
             log.error("flask-tailnet: a login was refused: %s", reason)
 
-    def in_force(self, peer: Peer) -> object:
+    def in_force(self, peer: Peer) -> InForce:
         """What ``peer``'s way in depends on now: its credential, and for the resolved methods
         the method itself (switching from PAM to a password ends remembered PAM logins)."""
         if peer.method == "token":

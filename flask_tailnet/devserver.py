@@ -18,7 +18,7 @@ import click
 from flask import Flask, cli
 from flask.helpers import get_debug_flag
 
-from .addresses import parse_ip
+from .addresses import is_loopback, parse_ip
 from .settings import ConfigurationError
 
 #: How ``flask run`` names the options that decide the debugger and the address.
@@ -37,7 +37,7 @@ def debugger_problem(host: object, debugger: bool) -> str | None:
     if not debugger:
         return None
     ip = parse_ip(host) if isinstance(host, str) else None
-    if (ip is not None and ip.is_loopback) or host == "localhost":
+    if is_loopback(ip) or host == "localhost":
         return None
     return (
         f"refusing to start werkzeug's debugger on {host!r}: it answers every client of that "

@@ -9,126 +9,53 @@ through Flask's own error handling, so ``@app.errorhandler(401)``, ``(403)`` and
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from flask import Blueprint, Flask, current_app, redirect, request
+from flask import Blueprint, Flask, current_app, request
 from werkzeug import exceptions
 from werkzeug.local import LocalProxy
 
 from . import devserver, login
 from . import settings as settings_module
-from .addresses import Policy
-from .attempts import Attempts, Limited
-from .credentials import (
-    DENY,
-    FORBID,
-    BasicAuth,
-    BearerToken,
-    LoginCredentials,
-    SessionCookie,
-    Step,
-    bearer_credential,
-)
-from .gate import Gate, Outcome
-from .pamauth import PamVerifier, pam_problem
-from .passwords import PASSWORD_FILE, PasswordSource
-from .peer import NOBODY, Peer
-from .ratelimit import AttemptBudget
+from .credentials import DENY
+from .gate import Outcome
+from .peer import NOBODY, PEER_KEY, Peer
 from .redaction import redact_logger
-from .secretfile import MIN_SECRET_LENGTH, SecretFile, UnsafeSecretFile, ensure_private_dir
-from .sessions import SessionCodec
+from .responses import Forbidden, challenge, denial
+from .secretfile import UnsafeSecretFile, ensure_private_dir
+from .sessions import SESSION_KEY_FILE
+from .state import EXTENSION_KEY, GuardState, build_state, guard_state
+from .token import TOKEN_FILE
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+#: Besides this module's own names, the ones re-exported under the import paths they had before
+#: they got modules of their own (state.py, peer.py, sessions.py, token.py).
+__all__ = [
+    "EXTENSION_KEY",
+    "PEER_KEY",
+    "SESSION_KEY_FILE",
+    "TOKEN_FILE",
+    "GuardState",
+    "SlowPaths",
+    "TailnetGuard",
+    "build_state",
+    "current_peer",
+    "guard_middleware",
+    "guard_state",
+]
+
 log = logging.getLogger("flask_tailnet")
 
-#: The environ key that holds the request's :class:`Peer` once the guard admitted it.
-PEER_KEY = "flask_tailnet.peer"
-EXTENSION_KEY = "tailnet"
-TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
-SESSION_KEY_FILE = "session_key"
 _EXEMPT_ATTR = "_tailnet_exempt"
 _REQUIRED_ATTR = "_tailnet_login_required"
 
 F = TypeVar("F", bound=Callable[..., Any])
 #: What :meth:`TailnetGuard.exempt` marks: a view function, or a blueprint.
 E = TypeVar("E", bound=Callable[..., Any] | Blueprint)
-
-
-class Unauthorized(exceptions.Unauthorized):
-    """401 with ``WWW-Authenticate: Bearer`` and a small JSON body that names no failed check.
-
-    When the request presented a bearer token, the challenge says ``error="invalid_token"`` (RFC
-    6750, section 3.1), so an API client can tell a wrong token from a missing one; the body is
-    the same either way.
-    """
-
-    def __init__(self, realm: str, *, invalid_token: bool = False) -> None:
-        super().__init__("A credential is required.")
-        self.realm = realm
-        self.invalid_token = invalid_token
-
-    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
-        challenge = f'Bearer realm="{self.realm}"'
-        if self.invalid_token:
-            challenge += ', error="invalid_token"'
-        return [
-            ("Content-Type", "application/json"),
-            ("Cache-Control", "no-store"),
-            ("WWW-Authenticate", challenge),
-        ]
-
-    def get_body(self, *args: Any, **kwargs: Any) -> str:
-        return json.dumps({"error": "unauthorized", "message": self.description})
-
-
-class Forbidden(exceptions.Forbidden):
-    """A flat 403 with a JSON body; the same for every refusal, so it tells nothing."""
-
-    def __init__(self) -> None:
-        super().__init__("This request is not served.")
-
-    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
-
-    def get_body(self, *args: Any, **kwargs: Any) -> str:
-        return json.dumps({"error": "forbidden", "message": self.description})
-
-
-class TooManyAttempts(exceptions.TooManyRequests):
-    """429 with ``Retry-After`` (whole seconds) and a JSON body: the client spent its budget of
-    failed attempts, and no credential of its is looked at until it may try again."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("Too many failed attempts; try again later.", retry_after=retry_after)
-
-    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
-        return [
-            ("Content-Type", "application/json"),
-            ("Cache-Control", "no-store"),
-            ("Retry-After", str(self.retry_after)),
-        ]
-
-    def get_body(self, *args: Any, **kwargs: Any) -> str:
-        return json.dumps({"error": "too_many_attempts", "message": self.description})
-
-
-@dataclass(frozen=True, slots=True)
-class GuardState:
-    """Everything one app's guard holds: ``app.extensions["tailnet"]``."""
-
-    settings: settings_module.Settings
-    gate: Gate
-    token_file: SecretFile
-    credentials: LoginCredentials
-    sessions: SessionCodec
-    attempts: Attempts
-    steps: tuple[Step, ...]
 
 
 class TailnetGuard:
@@ -271,54 +198,11 @@ def _credential_for_view(environ: WSGIEnvironment, peer: Peer) -> Any:
     return denial(state, environ, result, anonymous, exempt_view=None)
 
 
-def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
-    """Everything one app's guard needs, from validated settings. What depends on the machine (PAM
-    unusable under ``TAILNET_AUTH="pam"``, no password yet under ``"password"``) does not stop the
-    app from loading: those logins are refused per request (see
-    :meth:`~flask_tailnet.credentials.LoginCredentials.unusable`) and ``flask tailnet status``
-    says why."""
-    token_file = SecretFile(conf.state_dir, TOKEN_FILE, min_length=MIN_SECRET_LENGTH)
-    problem = pam_problem(conf.pam_service)
-    pam = None
-    if problem is None and conf.auth in ("auto", "pam"):
-        try:
-            pam = PamVerifier(conf.pam_service, conf.pam_users)
-        except (TypeError, ValueError) as exc:
-            raise settings_module.ConfigurationError(
-                f"{settings_module.PAM_USERS}: {exc}"
-            ) from None
-    passwords = PasswordSource(conf.password_env, SecretFile(conf.state_dir, PASSWORD_FILE))
-    try:
-        budget = AttemptBudget(conf.login_limits, conf.ratelimit_storage_uri, namespace=namespace)
-    except ValueError as exc:
-        raise settings_module.ConfigurationError(str(exc)) from None
-    attempts = Attempts(budget)
-    credentials = LoginCredentials(conf.auth, token_file, passwords, pam, problem)
-    key_file = SecretFile(conf.state_dir, SESSION_KEY_FILE, min_length=MIN_SECRET_LENGTH)
-    sessions = SessionCodec(key_file, conf.session_lifetime)
-    return GuardState(
-        settings=conf,
-        gate=Gate(
-            policy=Policy(conf.network, conf.allowlist),
-            allowed_hosts=conf.allowed_hosts,
-            trusted_proxies=conf.trusted_proxies,
-            local_bypass=conf.local_bypass,
-        ),
-        token_file=token_file,
-        credentials=credentials,
-        sessions=sessions,
-        attempts=attempts,
-        steps=(  # API clients' bearer token first: it is the most frequent and cheapest
-            BearerToken(token_file, attempts).check,
-            SessionCookie(conf.cookie_name, sessions, credentials).check,
-            BasicAuth(credentials, attempts).check,
-        ),
-    )
-
-
-class Refusals:
-    """The slow paths of the guard: exempt views, logins, and refusals through the app's error
-    handlers."""
+class SlowPaths:
+    """What the guard does with a request that the gate and the cascade did not admit: a
+    ``?token=`` link logs the browser in, an exempt view is served to the anonymous peer, a
+    browser is sent to the login page, and every refusal (401, 403, 429) is answered through the
+    app's error handlers. None of it runs for an admitted request."""
 
     def __init__(self, app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> None:
         self.app = app
@@ -378,42 +262,6 @@ class Refusals:
         return response(environ, start_response)
 
 
-def denial(
-    state: GuardState,
-    environ: WSGIEnvironment,
-    result: object,
-    anonymous: Peer,
-    exempt_view: Callable[[WSGIEnvironment], bool] | None,
-) -> WSGIApplication | exceptions.HTTPException | None:
-    """The answer to a cascade that did not admit the peer: 429 over the budget, 403 for a
-    cross-site request on a cookie; else a ``?token=`` login (a response, or 429), ``None`` when
-    ``exempt_view`` says the view is exempt (the app then serves it to the anonymous peer), and
-    last :func:`challenge`."""
-    if isinstance(result, Limited):
-        return TooManyAttempts(result.retry_after)
-    if result is FORBID:
-        return Forbidden()
-    link = login.token_link(state, environ, anonymous)
-    if isinstance(link, Limited):
-        return TooManyAttempts(link.retry_after)
-    if link is not None:
-        return link
-    if exempt_view is not None and exempt_view(environ):
-        return None
-    return challenge(state, environ)
-
-
-def challenge(state: GuardState, environ: WSGIEnvironment) -> WSGIApplication | Unauthorized:
-    """Ask for a credential: a browser's GET or HEAD is sent to the login page, anything else
-    gets 401 (saying ``invalid_token`` when a bearer token was presented)."""
-    if environ.get("REQUEST_METHOD") in ("GET", "HEAD") and login.prefers_html(environ):
-        response = redirect(login.login_url(state, environ), 303)
-        response.headers["Cache-Control"] = "no-store"
-        return response
-    presented = bearer_credential(environ.get("HTTP_AUTHORIZATION")) is not None
-    return Unauthorized(state.settings.realm, invalid_token=presented)
-
-
 def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -> WSGIApplication:
     """The WSGI callable that applies ``state`` to every request before ``wsgi_app`` sees it.
 
@@ -422,7 +270,7 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
     """
     admit = state.gate.admit
     steps = state.steps
-    slow = Refusals(app, wsgi_app, state)
+    slow = SlowPaths(app, wsgi_app, state)
     serve, authenticate, deny, peer_key = Outcome.SERVE, Outcome.AUTHENTICATE, DENY, PEER_KEY
 
     def guard(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -471,8 +319,3 @@ def _current_peer() -> Peer:
 
 #: The :class:`Peer` of the current request (like Flask-Login's ``current_user``).
 current_peer: Peer = cast(Peer, LocalProxy(_current_peer))
-
-
-def guard_state(app: Flask) -> GuardState | None:
-    """The guard state of ``app``, or ``None`` when the app does not use the extension."""
-    return cast("GuardState | None", app.extensions.get(EXTENSION_KEY))

@@ -19,18 +19,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .addresses import MAX_ADDRESS_LENGTH, IPAddress, Network, Policy, in_networks, parse_ip
+from .addresses import (
+    MAX_ADDRESS_LENGTH,
+    IPAddress,
+    Network,
+    Policy,
+    in_networks,
+    is_loopback,
+    parse_ip,
+)
 from .caches import BoundedCache
 from .hosts import MAX_HOST_LENGTH, HostCheck, HostRule, cross_site
 from .peer import Peer
-from .proxies import FUNNEL_KEY, PROXY_HEADER_KEYS, forwarded_client
+from .proxies import FUNNEL_KEY, PROXY_FIX_ORIG, PROXY_HEADER_KEYS, forwarded_client
 
 log = logging.getLogger("flask_tailnet")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CACHE_LIMIT = 4096
-#: werkzeug's ProxyFix keeps the socket's values here when it rewrites REMOTE_ADDR and HTTP_HOST.
-PROXY_FIX_ORIG = "werkzeug.proxy_fix.orig"
 
 
 class Outcome(enum.Enum):
@@ -89,6 +95,7 @@ class Gate:
         trusted proxy, a forwarded client) outside the policy; any request marked as Funnel traffic
         unless the policy is ``"any"``; a cross-site unsafe request or WebSocket upgrade to the
         loopback bypass."""
+        # proxies.as_received, inlined: a call costs a tenth of this method, on every request
         source = environ.get(PROXY_FIX_ORIG, environ)
         key = (source.get("REMOTE_ADDR"), source.get("HTTP_HOST"))
         try:
@@ -133,7 +140,7 @@ class Gate:
         address = None if ip is None else str(ip)
         host_ok = self.host_ok(host)
         admitted = host_ok and self.policy.admits(ip)
-        bypass = admitted and ip is not None and ip.is_loopback and self.local_bypass
+        bypass = admitted and is_loopback(ip) and self.local_bypass
         if not admitted:
             verdict = REFUSED
         elif bypass:

@@ -20,14 +20,14 @@ from typing import Any
 
 from . import binds as binds_module
 from .binds import Bind, BindRefused, default_port
-from .extension import GuardState
 from .machine import can_listen_on, machine_addresses
+from .state import GuardState
 
 #: The port of the default binds: gunicorn's own default, or ``$PORT`` as gunicorn reads it.
 
 _FD_NUMBER = re.compile(r"[0-9]{1,9}")
 
-#: Why ``--protocol uwsgi`` is refused (see :func:`check`).
+#: Why ``--protocol uwsgi`` is refused (see :func:`checked_binds`).
 _UWSGI_FIX = (
     "--protocol uwsgi cannot be guarded: every request comes through the front server on "
     "loopback, which names the client only in the packet's REMOTE_ADDR (gunicorn drops it), so "
@@ -114,7 +114,7 @@ def environment(cfg: Any) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """What :func:`check` accepted, and whether the binds are the default for want of any
+    """What :func:`checked_binds` accepted, and whether the binds are the default for want of any
     other choice (loopback and this machine's tailnet addresses)."""
 
     binds: list[Bind]
@@ -142,7 +142,7 @@ def fill_in(
     return True
 
 
-def check(cfg: Any, states: Sequence[GuardState], machine: MachineAddresses) -> Checked:
+def checked_binds(cfg: Any, states: Sequence[GuardState], machine: MachineAddresses) -> Checked:
     """The checked binds of gunicorn's settings ``cfg``, filled in first (:func:`fill_in`): the
     ``bind`` setting, or the sockets gunicorn inherits instead (from systemd, or from the master
     that re-executed it).

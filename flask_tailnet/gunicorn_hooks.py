@@ -19,8 +19,7 @@ from flask import Flask
 from gunicorn.errors import HaltServer
 
 from .binds import Bind, BindRefused
-from .extension import GuardState, guard_state
-from .gunicorn_binds import check, machine_of
+from .gunicorn_binds import checked_binds, machine_of
 from .gunicorn_links import (
     links_message,
     listening,
@@ -30,6 +29,7 @@ from .gunicorn_links import (
 )
 from .gunicorn_logging import RedactingLogger
 from .secretfile import UnsafeSecretFile, ensure_private_dir
+from .state import GuardState, guard_state
 
 _WRAPPER_ATTRIBUTES = ("tailnet_state", "wsgi_app", "app", "application", "wrapped", "__wrapped__")
 
@@ -111,7 +111,7 @@ def on_starting(server: Any) -> None:
     machine = machine_of(server)
     try:
         states = load_states(server.app, server.cfg)
-        checked = check(server.cfg, states, machine)
+        checked = checked_binds(server.cfg, states, machine)
         tokens = [prepare(state) for state in states]
     except BindRefused as exc:
         _refuse(server, str(exc))
@@ -151,7 +151,7 @@ def _check_on_reload(server: Any) -> None:
 
 def _check_or_halt(cfg: Any, app: Any, server: Any) -> None:
     try:
-        check(cfg, load_states(app, cfg), machine_of(server))
+        checked_binds(cfg, load_states(app, cfg), machine_of(server))
     except BindRefused as exc:
         raise HaltServer(f"flask-tailnet: refusing to serve: {exc}", 1) from None
 

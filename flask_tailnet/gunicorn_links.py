@@ -11,11 +11,11 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote_from_bytes
 
 from . import binds as binds_module
 from .addresses import parse_ip
 from .binds import Bind
+from .token import login_link
 
 
 def login_urls(
@@ -24,10 +24,9 @@ def login_urls(
     """``http://<address>:<port>/?token=<token>`` for every TCP bind, IPv6 in brackets; a wildcard
     bind stands for loopback and ``tailnet_addresses``. Unix sockets and inherited file
     descriptors have no URL."""
-    quoted = quote_from_bytes(token, safe="")
     urls: list[str] = []
     for bind in checked:
-        if bind.kind != "tcp":
+        if bind.kind != "tcp" or bind.port is None:  # a TCP bind always has its port
             continue
         if bind.ip is None:
             hosts = [bind.host or "localhost"]
@@ -36,8 +35,7 @@ def login_urls(
         else:
             hosts = [str(bind.ip)]
         for host in hosts:
-            netloc = f"[{host}]" if ":" in host else host
-            url = f"http://{netloc}:{bind.port}/?token={quoted}"
+            url = login_link("http", host, bind.port, token)
             if url not in urls:
                 urls.append(url)
     return urls

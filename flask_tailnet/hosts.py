@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .addresses import IPAddress, parse_ip
+from .addresses import IPAddress, is_loopback, parse_ip
 from .caches import BoundedCache
+from .proxies import forwarded_scheme
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\.?")
@@ -128,7 +129,7 @@ class HostCheck:
             return False
         name, ip, _ = parts
         if ip is not None:
-            return ip.is_loopback or self._admits_ip(ip)
+            return is_loopback(ip) or self._admits_ip(ip)
         if name == "localhost":
             return True
         return any(rule.matches(name) for rule in self._rules)
@@ -161,8 +162,7 @@ def cross_site(environ: Mapping[str, Any], host: object) -> bool:
     browser says ``Sec-Fetch-Site: same-origin`` (which a page cannot forge; browsers send
     ``Origin: null`` on same-origin form posts from pages with ``Referrer-Policy: no-referrer``).
     A request without ``Origin`` (curl, scripts) is not cross-site. The scheme is the one the
-    client used: ``X-Forwarded-Proto`` when present (a cross-site page cannot set it), else the
-    socket's."""
+    client used (:func:`~flask_tailnet.proxies.forwarded_scheme`)."""
     fetch_site = str(environ.get("HTTP_SEC_FETCH_SITE", "")).lower()
     if fetch_site == "cross-site":
         return True
@@ -171,5 +171,4 @@ def cross_site(environ: Mapping[str, Any], host: object) -> bool:
     origin = environ.get("HTTP_ORIGIN")
     if origin is None:
         return False
-    scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme", "http")
-    return not same_origin(origin, host, str(scheme).strip().lower())
+    return not same_origin(origin, host, forwarded_scheme(environ))

@@ -1,9 +1,10 @@
-"""The login page, logout, ``?token=`` links and the browser redirect: the people-facing side.
+"""The login page and logout: the blueprint under ``TAILNET_LOGIN_PREFIX``.
 
-Everything here answers requests that arrive without a valid credential, so each view is exempt
-from the credential check (the Host check, the network policy and the proxy rules still apply),
-and every unsafe request is checked for CSRF: the login form carries a token bound to a cookie,
-and login and logout refuse cross-site requests.
+The answers the guard itself sends (the redirect here, 401, 403, 429, a ``?token=`` link's login)
+are in :mod:`flask_tailnet.responses`. Everything here answers requests that arrive without a
+valid credential, so each view is exempt from the credential check (the Host check, the network
+policy and the proxy rules still apply), and every unsafe request is checked for CSRF: the login
+form carries a token bound to a cookie, and login and logout refuse cross-site requests.
 """
 
 from __future__ import annotations
@@ -12,60 +13,27 @@ import hmac
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote_plus
 
 from flask import Blueprint, make_response, redirect, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.wrappers import Response
 
-from . import accept
 from .attempts import Limited
-from .gate import PROXY_FIX_ORIG
 from .hosts import cross_site
-from .peer import Peer, logged_in
+from .peer import PEER_KEY, Peer, logged_in
+from .proxies import original_host
 from .redirects import safe_next
+from .responses import request_is_https, set_session_cookie
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-    from .extension import GuardState
+    from .state import GuardState
 
 #: The login page's template, found through the app's Jinja loader: the app's own
 #: ``templates/flask_tailnet/login.html`` comes first (docs/quickstart.md lists its variables).
 TEMPLATE = "flask_tailnet/login.html"
 _CSRF_SUFFIX = "_csrf"
-#: What a query keeps unencoded when it is sent on: its delimiters and its escapes.
-_QUERY_SAFE = "/?:@!$&'()*+,;=~%"
-
-
-def prefers_html(environ: WSGIEnvironment) -> bool:
-    """True when the client is a browser: its ``Accept`` prefers ``text/html`` to JSON (see
-    :func:`flask_tailnet.accept.prefers_html`; a header over 1 kB is not a browser's)."""
-    return accept.prefers_html(environ.get("HTTP_ACCEPT"))
-
-
-def request_is_https(environ: WSGIEnvironment) -> bool:
-    """The client's scheme was https (directly, or as the proxy says; a wrong claim only makes
-    the browser drop a ``Secure`` cookie)."""
-    proto = environ.get("HTTP_X_FORWARDED_PROTO") or environ.get("wsgi.url_scheme")
-    return str(proto).strip().lower() == "https"
-
-
-def login_url(state: GuardState, environ: WSGIEnvironment) -> str:
-    """The login page's URL with ``next`` set to the request's own path and query (their bytes
-    as sent, percent-encoded: a query that is not UTF-8 comes back as it was)."""
-    query = environ.get("QUERY_STRING", "")
-    here = request_path(environ) + ("?" + query if query else "")
-    root = environ.get("SCRIPT_NAME", "")
-    encoded = quote(here.encode("latin-1", "replace"), safe="")
-    return f"{root}{state.settings.login_prefix}/login?next={encoded}"
-
-
-def request_path(environ: WSGIEnvironment) -> str:
-    """The request's path as it was sent: WSGI paths are bytes decoded as latin-1, so quote the
-    original bytes."""
-    raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    return quote(raw.encode("latin-1", "replace"), safe="/@:!$&'()*+,;=~")
 
 
 def query_text(environ: WSGIEnvironment) -> str:
@@ -93,60 +61,6 @@ def read_form() -> None:
         raise BadRequest("The request body could not be read.") from None
 
 
-def set_session_cookie(response: Response, state: GuardState, value: str, https: bool) -> None:
-    response.set_cookie(
-        state.settings.cookie_name,
-        value,
-        max_age=int(state.settings.session_lifetime),
-        path="/",
-        secure=https,
-        httponly=True,
-        samesite="Lax",
-    )
-
-
-def token_link(
-    state: GuardState, environ: WSGIEnvironment, anonymous: Peer
-) -> Response | Limited | None:
-    """For ``GET <page>?token=<token>``: log the browser in and send it to the same URL without
-    the token (303), or :class:`Limited` (the guard answers 429); ``None`` when there is no
-    ``token`` parameter or it is wrong (a failed attempt, counted)."""
-    query = environ.get("QUERY_STRING", "")
-    if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or "token=" not in query:
-        return None
-    kept, presented = [], None
-    for part in query.split("&"):
-        name, _, value = part.partition("=")
-        if unquote_plus(name) == "token":
-            presented = unquote_plus(value)
-        elif part:  # its bytes as sent, percent-encoded where they are not URL characters
-            kept.append(quote(part.encode("latin-1", "replace"), safe=_QUERY_SAFE))
-    if not presented:
-        return None
-    token = state.token_file.read(create=True)
-    secret = presented.encode("latin-1", "replace")
-    result = state.attempts.check(
-        anonymous,
-        secret,
-        None,
-        lambda: (
-            logged_in(anonymous, "token") if token and hmac.compare_digest(secret, token) else None
-        ),
-    )
-    if isinstance(result, Limited):
-        return result
-    if result is None or token is None:
-        return None
-    cookie = state.sessions.issue(user=None, method="token", credential=token)
-    path = request_path(environ)
-    response = redirect(safe_next(path + ("?" + "&".join(kept) if kept else "")), 303)
-    if cookie is not None:
-        set_session_cookie(response, state, cookie, request_is_https(environ))
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
-
-
 def blueprint(
     state: GuardState, exempt: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> Blueprint:
@@ -158,7 +72,7 @@ def blueprint(
     csrf_cookie = state.settings.cookie_name + _CSRF_SUFFIX
 
     def page(*, error: str | None = None, status: int = 200, username: str = "") -> Response:
-        method = state.credentials.resolve().method
+        method = state.credentials.choice.resolve().method
         query_text(request.environ)  # before request.values parses it
         nonce = request.cookies.get(csrf_cookie) or secrets.token_urlsafe(32)
         body = render_template(
@@ -193,7 +107,7 @@ def blueprint(
 
     def refuse_cross_site() -> bool:
         environ = request.environ
-        return cross_site(environ, environ.get(PROXY_FIX_ORIG, environ).get("HTTP_HOST"))
+        return cross_site(environ, original_host(environ))
 
     @bp.get("/login", endpoint="login")
     @exempt
@@ -212,8 +126,8 @@ def blueprint(
             return page(error="The form expired. Please try again.", status=400)
         username = request.form.get("username", "").strip()
         secret = request.form.get("secret", "")
-        anonymous: Peer = request.environ["flask_tailnet.peer"]
-        result = state.attempts.check(
+        anonymous: Peer = request.environ[PEER_KEY]
+        result = state.attempts.attempt(
             anonymous,
             f"{username}\x00{secret}".encode("utf-8", "surrogateescape"),
             None,
@@ -259,5 +173,5 @@ def blueprint(
 
 
 def _login(state: GuardState, anonymous: Peer, username: str, secret: str) -> Peer | None:
-    found = state.credentials.check(username or None, secret)
+    found = state.credentials.verify(username or None, secret)
     return None if found is None else logged_in(anonymous, found[0], found[1])

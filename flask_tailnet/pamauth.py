@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from .accounts import Account, PasswordState, password_account
 from .faildelay import FailureDelay
 from .pamstack import StackReport, read_stack
+from .settings import DEFAULTS, PAM_SERVICE
 
 log = logging.getLogger("flask_tailnet")
 
@@ -93,7 +94,9 @@ class PamVerifier:
     single string.
     """
 
-    def __init__(self, service: str = "login", users: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, service: str = DEFAULTS[PAM_SERVICE], users: Iterable[str] | None = None
+    ) -> None:
         problem = _service_name_problem(service)
         if problem is not None:
             raise ValueError(problem)

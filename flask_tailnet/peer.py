@@ -34,6 +34,10 @@ class Peer:
         return self.method != "none"
 
 
+#: The environ key that holds the request's :class:`Peer` once the guard decided it (the anonymous
+#: peer while a request without a credential is answered).
+PEER_KEY = "flask_tailnet.peer"
+
 #: The peer of a request the guard did not see (an app without the extension).
 NOBODY = Peer(address=None, method="none")
 

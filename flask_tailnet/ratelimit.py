@@ -40,10 +40,10 @@ from limits.strategies import MovingWindowRateLimiter
 
 from .addresses import TAILNET_V6, parse_ip
 from .masking import mask_uri, uri_secrets, without_secrets
+from .settings import DEFAULTS, LOGIN_LIMITS, RATELIMIT_STORAGE_URI
 
 log = logging.getLogger("flask_tailnet")
 
-DEFAULT_LIMITS = "5 per minute; 30 per hour"
 #: The storage schemes the budget accepts: memory, and Redis in its forms.
 SUPPORTED_SCHEMES = (
     "memory",
@@ -100,8 +100,8 @@ class AttemptBudget:
 
     def __init__(
         self,
-        limits: str = DEFAULT_LIMITS,
-        storage_uri: str = "memory://",
+        limits: str = DEFAULTS[LOGIN_LIMITS],
+        storage_uri: str = DEFAULTS[RATELIMIT_STORAGE_URI],
         *,
         namespace: str = "default",
     ) -> None:
@@ -283,14 +283,6 @@ def budget_key(address: str | None) -> str:
     if embedded is not None and embedded.is_global:
         return str(embedded)
     return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
-
-
-def exempt(address: str | None) -> bool:
-    """True only for a loopback IP address (``127.0.0.0/8``, ``::1``, an IPv4-mapped loopback),
-    whose attempts are never counted. ``None``, a name, or anything else that is not an IP
-    address (as :func:`~flask_tailnet.addresses.parse_ip` reads it) is not exempt."""
-    ip = parse_ip(address)
-    return ip is not None and ip.is_loopback
 
 
 def _parse_limits(limits: str) -> tuple[RateLimitItem, ...]:

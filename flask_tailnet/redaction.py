@@ -22,10 +22,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from .token import PARAMETER
+
 #: What a secret is replaced by in a log line.
 REDACTED = "[redacted]"
 #: Query parameters whose value is a secret (the ``?token=`` login links).
-SECRET_PARAMETERS = frozenset({"token"})
+SECRET_PARAMETERS = frozenset({PARAMETER})
 #: Headers whose value is never logged, in gunicorn's atom spelling (lower case).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 #: Access-log atoms derived from a secret header: gunicorn's ``u`` is the user name part of a

@@ -6,11 +6,12 @@ payload is compact JSON ``[user, method, fingerprint]`` in URL-safe base64. Pure
 the adapter sets the cookie's attributes (HttpOnly, SameSite, Secure).
 
 The cookie never holds a credential nor a plain hash of one: code-server put the password hash in
-its cookie and the hash became a password (pitfalls 8). The fingerprint is an HMAC of the credential
-under a key derived from the session key, cut to 16 bytes, so a stolen cookie cannot be used to
-test password guesses offline without the server's key, and it is checked against the credential
-in force *now*, so rotating the token or changing the password ends the sessions made with the old
-one (Jupyter #1566, pitfalls 7). Rotating ``session_key`` ends every session.
+its cookie and the hash became a password (docs/security.md, "The known attacks", item 8). The
+fingerprint is an HMAC of the credential under a key derived from the session key, cut to 16
+bytes, so a stolen cookie cannot be used to test password guesses offline without the server's key,
+and it is checked against the credential in force *now*, so rotating the token or changing the
+password ends the sessions made with the old one (Jupyter #1566; item 7 of the same list).
+Rotating ``session_key`` ends every session.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ from itsdangerous.encoding import base64_decode, base64_encode
 
 from .caches import BoundedCache
 from .secretfile import MIN_SECRET_LENGTH, SecretFile
+from .settings import DEFAULTS, SESSION_LIFETIME
 
+#: The session key's file name in the state directory.
+SESSION_KEY_FILE = "session_key"
 #: How a session was opened.
 SessionMethod = Literal["token", "password", "pam"]
 METHODS: frozenset[str] = frozenset(("token", "password", "pam"))
 
-#: Default session lifetime: 12 hours.
-DEFAULT_LIFETIME = 12 * 3600.0
+#: The session lifetime when none is given: ``TAILNET_SESSION_LIFETIME``'s default.
+DEFAULT_LIFETIME = float(DEFAULTS[SESSION_LIFETIME])
 #: How far in the future (seconds) an issue time may lie: clocks step back (NTP), not forward.
 MAX_CLOCK_SKEW = 60.0
 #: Longer cookie values are refused unread (browsers keep at most 4096 bytes per cookie).

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .addresses import Network, parse_networks
-from .binds import BindRefused, bind_specs, parse_bind, unix_problem
 from .hosts import HostRule, parse_host_rule
 
 PolicyName = Literal["tailnet", "local", "any"]
@@ -71,6 +70,13 @@ BIND = "TAILNET_BIND"
 #: Let a bind on the wildcard address (``0.0.0.0``, ``[::]``) pass the bind check: only for a
 #: container whose published port is bound to a tailnet address (``-p 100.x.y.z:8000:8000``).
 ALLOW_WILDCARD_BIND = "TAILNET_ALLOW_WILDCARD_BIND"
+
+#: gunicorn's port, for a bind spec without one and for the default binds (``$PORT`` overrides it
+#: there, as gunicorn reads it).
+DEFAULT_PORT = 8000
+#: The port ``flask run`` listens on without ``--port`` or ``$FLASK_RUN_PORT`` (Flask's default),
+#: which ``flask tailnet url`` assumes when it finds nothing better.
+FLASK_RUN_PORT = 5000
 
 DEFAULTS: Mapping[str, Any] = {
     NETWORK: "tailnet",
@@ -242,6 +248,9 @@ def _binds(value: Any) -> tuple[str, ...]:
     """The spelling of each bind spec, and no Unix socket (never servable, see
     :func:`flask_tailnet.binds.unix_problem`); whether an address may be bound is decided in the
     gunicorn master, which knows the network policy of every app it serves."""
+    # Imported here: binds.py takes these settings' names and DEFAULT_PORT from this module.
+    from .binds import BindRefused, bind_specs, parse_bind, unix_problem  # noqa: PLC0415
+
     try:
         specs = bind_specs(value)
         for spec in specs:

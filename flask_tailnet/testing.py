@@ -20,9 +20,9 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from .addresses import parse_ip
-from .extension import GuardState, guard_state
+from .addresses import is_loopback, parse_ip
 from .peer import Method
+from .state import GuardState, guard_state
 
 #: The socket address a :class:`TailnetClient` calls from unless told otherwise.
 DEFAULT_PEER = "100.64.0.7"
@@ -71,7 +71,7 @@ class TailnetClient(FlaskClient):
             raise ValueError(f"peer must be an IP address, not {peer!r}")
         self.environ_base["REMOTE_ADDR"] = str(ip)
         if method in ("none", "loopback"):
-            if method == "loopback" and not ip.is_loopback:
+            if method == "loopback" and not is_loopback(ip):
                 raise ValueError(f"method 'loopback' needs a loopback peer, not {peer!r}")
             return
         if method == "token":
@@ -102,10 +102,10 @@ class TailnetClient(FlaskClient):
     def _log_in(self, user: str | None) -> None:
         """Hold the cookie the login page would set after a login by ``user`` now."""
         state = self._state()
-        login = state.credentials.resolve().method
+        login = state.credentials.choice.resolve().method
         # The method TAILNET_AUTH forces may log nobody in here (no password yet, PAM unusable):
         # the app loads regardless, and its logins are refused, so no session can be had.
-        unusable = state.credentials.unusable()
+        unusable = state.credentials.choice.unusable()
         if user is not None:
             if login == "pam" and unusable is not None:
                 raise RuntimeError(f"no session can be issued for 'pam' now: {unusable}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from flask_tailnet.extension import GuardState
+from flask_tailnet.state import GuardState
 
 from .conftest import ROOT, make_app
 
@@ -54,7 +54,7 @@ def flask_cli(
 def password_login(state_dir: Path, password: str) -> bool:
     """Whether ``password`` logs in to a fresh app in password mode on ``state_dir``."""
     app = make_app(state_dir, auth="password", password_env="TAILNET_UNSET_FOR_TESTS")
-    return state_of(app).credentials.check(None, password) == ("password", None)
+    return state_of(app).credentials.verify(None, password) == ("password", None)
 
 
 def linked_directory(state_dir: Path) -> str:

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from flask_tailnet.attempts import Attempts, Limited
+from flask_tailnet.attempts import Attempts, Limited, unmetered
 from flask_tailnet.peer import Peer, logged_in
 from flask_tailnet.ratelimit import AttemptBudget, budget_key
 
@@ -39,17 +39,17 @@ def admit() -> Peer:
 def test_a_remembered_success_skips_the_budget(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
     marker = b"stored"
-    assert attempts.check(CLIENT, b"pw", lambda p: marker, admit) == admit()
+    assert attempts.attempt(CLIENT, b"pw", lambda p: marker, admit) == admit()
     assert budget.spent == 1
     for _ in range(10):
-        assert attempts.check(CLIENT, b"pw", lambda p: marker, lambda: None) == admit()
+        assert attempts.attempt(CLIENT, b"pw", lambda p: marker, lambda: None) == admit()
     assert budget.spent == 1
 
 
 def test_a_changed_credential_is_checked_again(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
-    attempts.check(CLIENT, b"pw", lambda p: b"one", admit)
-    assert attempts.check(CLIENT, b"pw", lambda p: b"two", lambda: None) is None
+    attempts.attempt(CLIENT, b"pw", lambda p: b"one", admit)
+    assert attempts.attempt(CLIENT, b"pw", lambda p: b"two", lambda: None) is None
     assert budget.spent == 2
 
 
@@ -67,36 +67,36 @@ def test_only_the_same_client_and_credential_is_remembered(
     budget: CountingBudget, client: Peer, presented: bytes
 ) -> None:
     attempts = Attempts(budget)
-    attempts.check(CLIENT, b"pw", lambda p: b"m", admit)
-    assert attempts.check(client, presented, lambda p: b"m", lambda: None) is None
+    attempts.attempt(CLIENT, b"pw", lambda p: b"m", admit)
+    assert attempts.attempt(client, presented, lambda p: b"m", lambda: None) is None
     assert budget.spent == 2
 
 
 def test_remembering_expires(budget: CountingBudget) -> None:
     attempts = Attempts(budget, remember=0.0)
-    attempts.check(CLIENT, b"pw", lambda p: b"m", admit)
-    assert attempts.check(CLIENT, b"pw", lambda p: b"m", lambda: None) is None
+    attempts.attempt(CLIENT, b"pw", lambda p: b"m", admit)
+    assert attempts.attempt(CLIENT, b"pw", lambda p: b"m", lambda: None) is None
 
 
 def test_nothing_is_remembered_without_a_marker(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
-    attempts.check(CLIENT, b"pw", None, admit)
-    attempts.check(CLIENT, b"pw", lambda p: None, admit)
-    assert attempts.check(CLIENT, b"pw", lambda p: None, lambda: None) is None
+    attempts.attempt(CLIENT, b"pw", None, admit)
+    attempts.attempt(CLIENT, b"pw", lambda p: None, admit)
+    assert attempts.attempt(CLIENT, b"pw", lambda p: None, lambda: None) is None
     assert budget.spent == 3
 
 
 def test_over_budget_is_limited_before_verify(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
     for _ in range(5):
-        assert attempts.check(CLIENT, b"bad", None, lambda: None) is None
+        assert attempts.attempt(CLIENT, b"bad", None, lambda: None) is None
     called: list[int] = []
 
     def verify() -> Peer | None:
         called.append(1)
         return admit()
 
-    result = attempts.check(CLIENT, b"pw", None, verify)
+    result = attempts.attempt(CLIENT, b"pw", None, verify)
     assert isinstance(result, Limited)
     assert result.retry_after >= 1
     assert called == []
@@ -106,43 +106,43 @@ def test_loopback_is_never_limited(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
     local = Peer("127.0.0.1", "none")
     for _ in range(20):
-        assert attempts.check(local, b"bad", None, lambda: None) is None
+        assert attempts.attempt(local, b"bad", None, lambda: None) is None
     assert budget.spent == 0
 
 
 def test_token_shortcut_forgets_a_client_that_fails(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
     token = b"the-token"
-    assert isinstance(attempts.check_token(CLIENT, token, token), Peer)
+    assert isinstance(attempts.attempt_token(CLIENT, token, token), Peer)
     assert budget.spent == 1
-    assert isinstance(attempts.check_token(CLIENT, token, token), Peer)
+    assert isinstance(attempts.attempt_token(CLIENT, token, token), Peer)
     assert budget.spent == 1
-    assert attempts.check_token(CLIENT, b"guess", token) is None
+    assert attempts.attempt_token(CLIENT, b"guess", token) is None
     assert budget.spent == 2
-    assert isinstance(attempts.check_token(CLIENT, token, token), Peer)
+    assert isinstance(attempts.attempt_token(CLIENT, token, token), Peer)
     assert budget.spent == 3  # forgotten after the failure: spent first again
     rotated = b"the-token-2"
-    assert attempts.check_token(CLIENT, token, rotated) is None
+    assert attempts.attempt_token(CLIENT, token, rotated) is None
 
 
 def test_a_failing_client_gets_nothing_from_memory(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
-    assert attempts.check(CLIENT, b"pw", lambda p: b"m", admit) == admit()
-    assert attempts.check(CLIENT, b"guess", lambda p: b"m", lambda: None) is None
+    assert attempts.attempt(CLIENT, b"pw", lambda p: b"m", admit) == admit()
+    assert attempts.attempt(CLIENT, b"guess", lambda p: b"m", lambda: None) is None
     spent = budget.spent
     # The remembered credential is checked again, under the budget, until a success.
     assert attempts.remembered(CLIENT, b"pw", lambda p: b"m")[0] is None
-    assert attempts.check(CLIENT, b"pw", lambda p: b"m", admit) == admit()
+    assert attempts.attempt(CLIENT, b"pw", lambda p: b"m", admit) == admit()
     assert budget.spent == spent + 1
     assert attempts.remembered(CLIENT, b"pw", lambda p: b"m")[0] == admit()
 
 
 def test_a_limited_client_cannot_test_guesses_against_memory(budget: CountingBudget) -> None:
     attempts = Attempts(budget)
-    attempts.check(CLIENT, b"right", lambda p: b"m", admit)
+    attempts.attempt(CLIENT, b"right", lambda p: b"m", admit)
     for _ in range(5):
-        attempts.check(CLIENT, b"wrong", lambda p: b"m", lambda: None)
-    assert isinstance(attempts.check(CLIENT, b"right", lambda p: b"m", admit), Limited)
+        attempts.attempt(CLIENT, b"wrong", lambda p: b"m", lambda: None)
+    assert isinstance(attempts.attempt(CLIENT, b"right", lambda p: b"m", admit), Limited)
 
 
 # ---- whose budget an attempt spends --------------------------------------------------------------
@@ -250,3 +250,31 @@ BUDGET_KEYS = [
 @pytest.mark.parametrize(("address", "key"), BUDGET_KEYS)
 def test_budget_key(address: str | None, key: str) -> None:
     assert budget_key(address) == key
+
+
+# ---- who is never counted ------------------------------------------------------------------------
+
+
+EXEMPT = [
+    pytest.param("127.0.0.1", True, id="ipv4-loopback"),
+    pytest.param("127.8.9.10", True, id="all-of-127/8"),
+    pytest.param("::1", True, id="ipv6-loopback"),
+    pytest.param("::ffff:127.0.0.1", True, id="ipv4-mapped-loopback"),
+    pytest.param("100.64.0.7", False, id="tailnet-peer"),
+    pytest.param("fd7a:115c:a1e0::7", False, id="tailnet-peer-ipv6"),
+    pytest.param("::ffff:100.64.0.7", False, id="ipv4-mapped-peer"),
+    pytest.param(None, False, id="missing-address"),
+    pytest.param("", False, id="empty-address"),
+    pytest.param("localhost", False, id="a-name-is-not-loopback"),
+    pytest.param("[::1]", False, id="bracketed"),
+    pytest.param("127.0.0.1:80", False, id="with-port"),
+    pytest.param(" 127.0.0.1", False, id="leading-space"),
+    pytest.param("127.1", False, id="legacy-short-form"),
+    pytest.param("0x7f.0.0.1", False, id="legacy-hex-form"),
+    pytest.param("0.0.0.0", False, id="unspecified"),
+]
+
+
+@pytest.mark.parametrize(("address", "expected"), EXEMPT)
+def test_only_loopback_is_exempt(address: str | None, expected: bool) -> None:
+    assert unmetered(address) is expected

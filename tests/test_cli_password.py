@@ -133,7 +133,7 @@ def test_password_generate_prints_it_once_and_it_logs_in(state_dir: Path) -> Non
     assert not password_login(state_dir, generated[:-1])
     # In token mode the password is kept for later but logs nobody in; the command says so.
     assert "login method now: token (TAILNET_AUTH is 'token')" in result.stderr
-    assert state_of(app).credentials.check(None, generated) is None
+    assert state_of(app).credentials.verify(None, generated) is None
 
 
 def test_password_generate_again_replaces_the_old_one(
@@ -266,7 +266,7 @@ def test_password_sets_the_first_password_of_an_app_in_password_mode(state_dir: 
     result = app.test_cli_runner().invoke(tailnet, ["password"], input="first one\nfirst one\n")
     assert result.exit_code == 0, result.output
     assert "login method now: password (a password is set in the password file" in result.stderr
-    assert state_of(app).credentials.check(None, "first one") == ("password", None)
+    assert state_of(app).credentials.verify(None, "first one") == ("password", None)
 
 
 # ---- standard input that is not a terminal: one line, for scripts ---------------------------

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import pytest
 
-from flask_tailnet.extension import SESSION_KEY_FILE, TOKEN_FILE
 from flask_tailnet.secretfile import SecretFile
+from flask_tailnet.sessions import SESSION_KEY_FILE
+from flask_tailnet.token import TOKEN_FILE
 
 from .gunicorn_helpers import (
     ROOT,

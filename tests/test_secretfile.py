@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 
 from flask_tailnet import secretfile, watch
-from flask_tailnet.attempts import secret_matches
 from flask_tailnet.cli import tailnet
 from flask_tailnet.secretfile import SecretFile, UnsafeSecretFile
+from flask_tailnet.token import secret_matches
 
 from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
 
