@@ -120,7 +120,9 @@ class Attempts:
         ``in_force(peer)`` tells what credential the way ``peer`` got in depends on now (the
         token, the stored password, a PAM marker); a remembered success counts only while that
         is unchanged, and for at most ``remember`` seconds. ``None``: remember nothing.
-        Loopback clients are never limited.
+        Loopback clients are not limited, unless the peer is ``local``: a peer the loopback
+        bypass would serve, asked for a credential all the same (a ``login_required`` view, the
+        login form it is sent to), so that no local process can guess without a budget.
         """
         if in_force is None:
             digest = b""
@@ -129,7 +131,7 @@ class Attempts:
             if remembered is not None:
                 return remembered
         client = anonymous.address
-        limited = not unmetered(client)
+        limited = anonymous.local or not unmetered(client)
         if limited:
             spent = self.budget.spend(budget_key(client))
             if not spent.allowed:

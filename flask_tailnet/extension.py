@@ -183,7 +183,8 @@ def _credential_for_view(environ: WSGIEnvironment, peer: Peer) -> Any:
     state = guard_state(current_app)
     if state is None:
         raise RuntimeError("guard.login_required is used on an app without a TailnetGuard")
-    anonymous = Peer(peer.address, "none", via_proxy=peer.via_proxy)
+    # A peer the bypass served stays `local`: its attempts here spend from the budget.
+    anonymous = Peer(peer.address, "none", local=peer.local, via_proxy=peer.via_proxy)
     if peer.method == "none":
         return challenge(state, environ)
     for step in state.steps:

@@ -139,6 +139,61 @@ def test_loopback_with_a_wrong_credential_is_refused(
     assert ran == []
 
 
+@pytest.mark.parametrize(
+    "guess",
+    [
+        pytest.param(lambda c: local(c, headers={"Authorization": "Bearer wrong"}), id="bearer"),
+        pytest.param(lambda c: local(c, headers=basic("admin", "wrong")), id="basic"),
+        pytest.param(lambda c: local(c, "/admin?token=wrong", headers=HTML), id="token-link"),
+    ],
+)
+def test_a_local_process_guessing_at_a_required_view_spends_a_budget(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, guess: Any
+) -> None:
+    """Loopback is not metered where the bypass serves it; where a view asks it for a credential,
+    a local process guessing the password would otherwise have no limit at all."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app, ran = make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+    client = app.test_client()
+    statuses = [guess(client).status_code for _ in range(4)]
+    assert statuses[3] == 429, statuses
+    assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
+    assert ran == []
+
+
+def test_a_local_process_guessing_at_the_login_form_spends_a_budget(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app, _ = make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+    client = app.test_client()
+    statuses = []
+    for _ in range(4):
+        page = local(client, "/_tailnet/login", headers=HTML).get_data(as_text=True)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        statuses.append(
+            local(
+                client,
+                "/_tailnet/login",
+                method="POST",
+                data={"csrf": csrf.group(1), "secret": "wrong", "next": "/admin"},
+                headers={"Origin": "http://localhost", **HTML},
+            ).status_code
+        )
+    assert statuses == [401, 401, 401, 429]
+
+
 def test_wrong_bearer_token_from_loopback_says_invalid_token(
     admin: tuple[Flask, list[str]],
 ) -> None:
