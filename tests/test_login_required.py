@@ -166,6 +166,38 @@ def test_a_local_process_guessing_at_a_required_view_spends_a_budget(
     assert ran == []
 
 
+@pytest.mark.parametrize(
+    "proxy_header",
+    [
+        pytest.param({"X-Forwarded-For": "100.64.0.9"}, id="x-forwarded-for"),
+        pytest.param({"X-Forwarded-Host": "example.com"}, id="x-forwarded-host"),
+        pytest.param({"Forwarded": "for=100.64.0.9"}, id="forwarded"),
+    ],
+)
+def test_a_local_process_cannot_shed_its_budget_with_a_proxy_header(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, proxy_header: dict[str, str]
+) -> None:
+    """A proxy header takes a loopback request off the bypass (it must authenticate in the
+    guard, as not local): its guesses still spend the loopback address's budget, or one header
+    would give a local process unlimited guesses at the credential a required view asks for."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app, ran = make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+    client = app.test_client()
+    statuses = [
+        local(client, headers={**basic("admin", f"wrong{n}"), **proxy_header}).status_code
+        for n in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+    assert local(client, headers={**basic("admin", PASSWORD), **proxy_header}).status_code == 429
+    assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
+    assert ran == []
+
+
 def test_a_local_process_guessing_at_the_login_form_spends_a_budget(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
