@@ -414,3 +414,27 @@ def test_example_apps_admin_view_asks_a_real_loopback_client(tmp_path: Path) -> 
         status, body = _get(port, "/admin", {"Authorization": f"Bearer {token}"})
         assert status == 200
         assert json.loads(body)["method"] == "token"
+
+
+def test_a_real_local_client_with_a_proxy_header_spends_the_loopback_budget(
+    tmp_path: Path,
+) -> None:
+    """A local process that adds ``X-Forwarded-For`` to leave the bypass guesses the token at the
+    example app's ``/admin`` under the loopback address's budget, as it does without it."""
+    env = {
+        **os.environ,
+        "FLASK_TAILNET_STATE_DIR": str(tmp_path / "state"),
+        "FLASK_TAILNET_AUTH": "token",
+        "FLASK_TAILNET_LOGIN_LIMITS": "3 per minute",
+    }
+    env.pop("FLASK_RUN_HOST", None)
+    token = example_cli(env, "token")
+    forged = {"X-Forwarded-For": "100.64.0.9", "Accept": "application/json"}
+    with serving_example_app("127.0.0.1", env, tmp_path / "server.log") as port:
+        statuses = [
+            _get(port, "/admin", {**forged, "Authorization": f"Bearer guess{n}"})[0]
+            for n in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        assert _get(port, "/admin", {**forged, "Authorization": f"Bearer {token}"})[0] == 429
+        assert _get(port, "/admin", {"Authorization": f"Bearer {token}"})[0] == 429
