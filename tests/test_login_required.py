@@ -4,6 +4,7 @@ remote peer presents, with the same refusals."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -194,6 +195,32 @@ def test_a_local_process_cannot_shed_its_budget_with_a_proxy_header(
     ]
     assert statuses == [401, 401, 401, 429]
     assert local(client, headers={**basic("admin", PASSWORD), **proxy_header}).status_code == 429
+    assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
+    assert ran == []
+
+
+def test_a_local_process_cannot_multiply_its_budget_by_its_source_address(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every address of 127.0.0.0/8 (and ::1) is this machine, and any local process can send
+    from any of them: they share one budget, or each new source address would bring three more
+    guesses."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app, ran = make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+    client = app.test_client()
+    sources = ["127.0.0.2", "127.0.0.3", "127.1.2.3", "::1"]
+    statuses = [
+        client.get(
+            "/admin", environ_base={"REMOTE_ADDR": source}, headers=basic("admin", "wrong")
+        ).status_code
+        for source in sources
+    ]
+    assert statuses == [401, 401, 401, 429]
     assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
     assert ran == []
 
@@ -438,3 +465,39 @@ def test_a_real_local_client_with_a_proxy_header_spends_the_loopback_budget(
         assert statuses == [401, 401, 401, 429]
         assert _get(port, "/admin", {**forged, "Authorization": f"Bearer {token}"})[0] == 429
         assert _get(port, "/admin", {"Authorization": f"Bearer {token}"})[0] == 429
+
+
+def _get_from(source: str, port: int, path: str, headers: dict[str, str]) -> int:
+    """The status of ``GET path`` sent from the loopback address ``source``."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", path, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_real_local_client_rotating_its_loopback_source_address_shares_one_budget(
+    tmp_path: Path,
+) -> None:
+    """Any local process can connect from any address of 127.0.0.0/8: guessing the token at the
+    example app's ``/admin`` from a new one each time still spends one budget."""
+    env = {
+        **os.environ,
+        "FLASK_TAILNET_STATE_DIR": str(tmp_path / "state"),
+        "FLASK_TAILNET_AUTH": "token",
+        "FLASK_TAILNET_LOGIN_LIMITS": "3 per minute",
+    }
+    env.pop("FLASK_RUN_HOST", None)
+    token = example_cli(env, "token")
+    api = {"Accept": "application/json"}
+    with serving_example_app("127.0.0.1", env, tmp_path / "server.log") as port:
+        statuses = [
+            _get_from(f"127.0.0.{n}", port, "/admin", {**api, "Authorization": f"Bearer guess{n}"})
+            for n in range(2, 6)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        right = {**api, "Authorization": f"Bearer {token}"}
+        assert _get_from("127.0.0.9", port, "/admin", right) == 429
