@@ -122,7 +122,9 @@ class Attempts:
         is unchanged, and for at most ``remember`` seconds. ``None``: remember nothing.
         Loopback clients are not limited, unless the peer is ``local``: a peer the loopback
         bypass would serve, asked for a credential all the same (a ``login_required`` view, the
-        login form it is sent to), so that no local process can guess without a budget.
+        login form it is sent to), so that no local process can guess without a budget; or the
+        request carried proxy headers (``via_proxy``), which any local process can add to leave
+        the bypass: it then spends from the same budget.
         """
         if in_force is None:
             digest = b""
@@ -131,7 +133,7 @@ class Attempts:
             if remembered is not None:
                 return remembered
         client = anonymous.address
-        limited = anonymous.local or not unmetered(client)
+        limited = anonymous.local or anonymous.via_proxy or not unmetered(client)
         if limited:
             spent = self.budget.spend(budget_key(client))
             if not spent.allowed:

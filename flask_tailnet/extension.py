@@ -99,10 +99,12 @@ class TailnetGuard:
                 ensure_private_dir(conf.state_dir)
             except UnsafeSecretFile as exc:
                 log.error("flask-tailnet: %s; every credential is refused until fixed", exc)
-        app.extensions[EXTENSION_KEY] = state
         redact_logger(logging.getLogger("werkzeug"))  # `flask run` logs each request line
         app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
+        # Last: an app that has the state has the guard (a second init_app, and gunicorn's bind
+        # check, trust it), so a registration that failed above leaves none.
+        app.extensions[EXTENSION_KEY] = state
         devserver.refuse_debugger_in_app_run(app)
 
     @staticmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .pamauth import PamVerifier
-from .passwords import Password, PasswordSource
+from .passwords import Password, PasswordSource, password_problem
 
 LoginMethod = Literal["pam", "password", "token"]
 
@@ -86,10 +86,33 @@ class MethodChoice:
                 f"TAILNET_AUTH is 'pam', but PAM cannot be used: {self.pam_problem}; every "
                 "PAM login is refused until that is fixed and the server restarted"
             )
-        if self.mode == "password" and self.passwords.current() is None:
+        password = self.passwords.current()
+        if self.mode == "password" and password is None:
             return (
                 "TAILNET_AUTH is 'password', but no password is set: every password login is "
                 f"refused until one is; set the variable {self.passwords.env_name} of the "
                 "server, or run `flask tailnet password` as the server's user"
             )
+        if password is not None and self.method(password) == "password" and not password.hashed:
+            problem = _unmatchable(password.stored)
+            if problem is not None:
+                where = (
+                    f"the variable {self.passwords.env_name}"
+                    if password.origin == "env"
+                    else f"the password file {self.passwords.file.path}"
+                )
+                return (
+                    f"{where} holds {problem}, which no login can match: every password login "
+                    "is refused until it is replaced (`flask tailnet password` sets one that "
+                    "can be)"
+                )
         return None
+
+
+def _unmatchable(stored: bytes) -> str | None:
+    """What makes a plain-text password in force one that :func:`password_problem` refuses at
+    every login (so that nobody can log in with it), or ``None``."""
+    try:
+        return password_problem(stored.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "a password that is not UTF-8 text"

@@ -38,7 +38,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from .addresses import TAILNET_V6, parse_ip
+from .addresses import TAILNET_V6, is_loopback, parse_ip
 from .masking import mask_uri, uri_secrets, without_secrets
 from .settings import DEFAULTS, LOGIN_LIMITS, RATELIMIT_STORAGE_URI
 
@@ -261,6 +261,9 @@ class AttemptBudget:
 IPV6_CLIENT_PREFIX = 64
 #: The key every attempt from a missing or unparseable address is counted under.
 UNKNOWN_CLIENT = "unknown"
+#: The key of every loopback address (``127.0.0.0/8``, ``::1``): they are all this machine, and any
+#: local process may send from any of them.
+LOOPBACK_CLIENT = "loopback"
 
 
 def budget_key(address: str | None) -> str:
@@ -272,10 +275,13 @@ def budget_key(address: str | None) -> str:
     address owns a whole 6to4 /48, 65,536 /64s. Any other IPv6 address is counted by its /64
     (``2001:db8:1:2::/64``), so that a host cannot multiply its budget by rotating through the
     addresses of its subnet. A missing or unparseable address is :data:`UNKNOWN_CLIENT`, one
-    budget for all such."""
+    budget for all such; every loopback address is :data:`LOOPBACK_CLIENT`, one budget for this
+    machine (a local process can send from any of 16 million of them)."""
     ip = parse_ip(address)
     if ip is None:
         return UNKNOWN_CLIENT
+    if is_loopback(ip):
+        return LOOPBACK_CLIENT
     if ip.version == 4 or ip in TAILNET_V6:
         return str(ip)
     embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)

@@ -158,6 +158,11 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
     realm = get(REALM) or app_name
     if not isinstance(realm, str) or not realm.isprintable() or '"' in realm or "\\" in realm:
         raise ConfigurationError(f"{REALM} must be printable text without quotes, not {realm!r}")
+    if max(realm, default=" ") > "\xff":  # a header is latin-1: every 401 would fail to send
+        raise ConfigurationError(
+            f"{REALM} goes into the WWW-Authenticate header, which is latin-1 text: {realm!r} "
+            "is not (set TAILNET_REALM to a name without such characters)"
+        )
 
     auth = get(AUTH)
     if auth not in ("auto", "pam", "password", "token"):

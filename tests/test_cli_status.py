@@ -321,6 +321,20 @@ def test_status_exits_non_zero_when_the_login_method_logs_nobody_in(
     assert "logs nobody in: see the line marked UNUSABLE" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["   ", "x" * 1025], ids=["only-whitespace", "too-long"])
+def test_status_exits_non_zero_when_the_password_variable_matches_no_login(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", value)
+    app = make_app(state_dir, auth="password", password_env="TAILNET_TEST_PASSWORD")
+    result = app.test_cli_runner().invoke(tailnet, ["status"])
+    assert result.exit_code == 1
+    [login_method] = [v for label, v in status_entries(result.stdout) if label == "login method"]
+    assert login_method[1].startswith("UNUSABLE, nobody logs in with it: ")
+    assert "TAILNET_TEST_PASSWORD" in login_method[1]
+    assert not value.strip() or value not in result.output  # a column of spaces is no secret
+
+
 def test_status_is_fine_once_the_password_is_set(state_dir: Path) -> None:
     app = make_app(state_dir, auth="password", password_env="UNSET_TAILNET_X")
     runner = app.test_cli_runner()

@@ -247,6 +247,21 @@ def test_second_guard_with_the_same_settings_is_a_no_op(app: Flask, state_dir: P
     assert app.wsgi_app is middleware
 
 
+def test_a_failed_init_app_leaves_no_guard_that_a_second_one_trusts(state_dir: Path) -> None:
+    """An app with its own blueprint named ``tailnet``: ``init_app`` fails to register the login
+    blueprint. Retried (or caught and carried on), it must fail again, not take the half-made
+    guard for a guard and leave every view open (with ``app.extensions`` saying it is guarded,
+    which is what gunicorn's bind check looks at)."""
+    app = Flask("half_made")
+    app.config.update(TESTING=True, TAILNET_STATE_DIR=str(state_dir))
+    app.register_blueprint(Blueprint("tailnet", __name__))
+    guard = TailnetGuard()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="tailnet"):
+            guard.init_app(app)
+    assert "tailnet" not in app.extensions
+
+
 def test_second_guard_with_a_bad_setting_says_so(app: Flask) -> None:
     with pytest.raises(ConfigurationError, match="TAILNET_NETWORK"):
         TailnetGuard(app, network="everyone")

@@ -229,6 +229,8 @@ BAD_SETTINGS = [
     pytest.param({"TAILNET_STATE_DIR": 5}, "TAILNET_STATE_DIR", id="state-dir-int"),
     pytest.param({"TAILNET_STATE_DIR": ""}, "TAILNET_STATE_DIR", id="state-dir-empty"),
     pytest.param({"TAILNET_REALM": 'a"b'}, "TAILNET_REALM", id="realm-quote"),
+    # an HTTP header is latin-1: the server drops the connection at every 401 instead
+    pytest.param({"TAILNET_REALM": "Ops \U0001f680"}, "TAILNET_REALM", id="realm-not-latin-1"),
     pytest.param({"TAILNET_NETWRK": "local"}, "TAILNET_NETWRK", id="typo-in-key"),
     pytest.param({"TAILNET_BIND": 8000}, "TAILNET_BIND", id="bind-not-a-list"),
     pytest.param({"TAILNET_BIND": [8000]}, "TAILNET_BIND", id="bind-entry-not-text"),

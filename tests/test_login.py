@@ -544,6 +544,33 @@ def test_an_unusable_method_loads_and_refuses_every_login_but_the_token(
     assert remote(app.test_client(), headers=basic("x", token)).json["method"] == "token"
 
 
+#: Password variables that the login rules refuse to match, whatever is typed: every login with
+#: them fails, so they must be reported like a missing password, not pass in silence.
+REFUSED_PASSWORD_VARIABLES = [
+    pytest.param("   ", "an empty password", id="only-whitespace"),
+    pytest.param("x" * 1025, "longer than 1024", id="longer-than-a-login-accepts"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), REFUSED_PASSWORD_VARIABLES)
+def test_a_password_variable_no_login_can_match_is_logged(
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+    reason: str,
+) -> None:
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", value)
+    app = make_app(state_dir, auth="password", password_env="TAILNET_TEST_PASSWORD")
+    client = app.test_client()
+    with caplog.at_level("ERROR", logger="flask_tailnet"):
+        assert remote(client, headers=basic("x", value)).status_code == 401
+    [logged] = [r.getMessage() for r in caplog.records if "a login was refused" in r.message]
+    assert "TAILNET_TEST_PASSWORD" in logged
+    assert reason in logged
+    assert not value.strip() or value not in logged
+
+
 def test_a_password_set_after_start_logs_in_without_a_restart(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

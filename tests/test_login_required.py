@@ -4,6 +4,7 @@ remote peer presents, with the same refusals."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -162,6 +163,64 @@ def test_a_local_process_guessing_at_a_required_view_spends_a_budget(
     client = app.test_client()
     statuses = [guess(client).status_code for _ in range(4)]
     assert statuses[3] == 429, statuses
+    assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    "proxy_header",
+    [
+        pytest.param({"X-Forwarded-For": "100.64.0.9"}, id="x-forwarded-for"),
+        pytest.param({"X-Forwarded-Host": "example.com"}, id="x-forwarded-host"),
+        pytest.param({"Forwarded": "for=100.64.0.9"}, id="forwarded"),
+    ],
+)
+def test_a_local_process_cannot_shed_its_budget_with_a_proxy_header(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, proxy_header: dict[str, str]
+) -> None:
+    """A proxy header takes a loopback request off the bypass (it must authenticate in the
+    guard, as not local): its guesses still spend the loopback address's budget, or one header
+    would give a local process unlimited guesses at the credential a required view asks for."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app, ran = make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+    client = app.test_client()
+    statuses = [
+        local(client, headers={**basic("admin", f"wrong{n}"), **proxy_header}).status_code
+        for n in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+    assert local(client, headers={**basic("admin", PASSWORD), **proxy_header}).status_code == 429
+    assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
+    assert ran == []
+
+
+def test_a_local_process_cannot_multiply_its_budget_by_its_source_address(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every address of 127.0.0.0/8 (and ::1) is this machine, and any local process can send
+    from any of them: they share one budget, or each new source address would bring three more
+    guesses."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app, ran = make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+    client = app.test_client()
+    sources = ["127.0.0.2", "127.0.0.3", "127.1.2.3", "::1"]
+    statuses = [
+        client.get(
+            "/admin", environ_base={"REMOTE_ADDR": source}, headers=basic("admin", "wrong")
+        ).status_code
+        for source in sources
+    ]
+    assert statuses == [401, 401, 401, 429]
     assert local(client, headers=basic("admin", PASSWORD)).status_code == 429
     assert ran == []
 
@@ -382,3 +441,63 @@ def test_example_apps_admin_view_asks_a_real_loopback_client(tmp_path: Path) -> 
         status, body = _get(port, "/admin", {"Authorization": f"Bearer {token}"})
         assert status == 200
         assert json.loads(body)["method"] == "token"
+
+
+def test_a_real_local_client_with_a_proxy_header_spends_the_loopback_budget(
+    tmp_path: Path,
+) -> None:
+    """A local process that adds ``X-Forwarded-For`` to leave the bypass guesses the token at the
+    example app's ``/admin`` under the loopback address's budget, as it does without it."""
+    env = {
+        **os.environ,
+        "FLASK_TAILNET_STATE_DIR": str(tmp_path / "state"),
+        "FLASK_TAILNET_AUTH": "token",
+        "FLASK_TAILNET_LOGIN_LIMITS": "3 per minute",
+    }
+    env.pop("FLASK_RUN_HOST", None)
+    token = example_cli(env, "token")
+    forged = {"X-Forwarded-For": "100.64.0.9", "Accept": "application/json"}
+    with serving_example_app("127.0.0.1", env, tmp_path / "server.log") as port:
+        statuses = [
+            _get(port, "/admin", {**forged, "Authorization": f"Bearer guess{n}"})[0]
+            for n in range(4)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        assert _get(port, "/admin", {**forged, "Authorization": f"Bearer {token}"})[0] == 429
+        assert _get(port, "/admin", {"Authorization": f"Bearer {token}"})[0] == 429
+
+
+def _get_from(source: str, port: int, path: str, headers: dict[str, str]) -> int:
+    """The status of ``GET path`` sent from the loopback address ``source``."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", path, headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_real_local_client_rotating_its_loopback_source_address_shares_one_budget(
+    tmp_path: Path,
+) -> None:
+    """Any local process can connect from any address of 127.0.0.0/8: guessing the token at the
+    example app's ``/admin`` from a new one each time still spends one budget."""
+    env = {
+        **os.environ,
+        "FLASK_TAILNET_STATE_DIR": str(tmp_path / "state"),
+        "FLASK_TAILNET_AUTH": "token",
+        "FLASK_TAILNET_LOGIN_LIMITS": "3 per minute",
+    }
+    env.pop("FLASK_RUN_HOST", None)
+    token = example_cli(env, "token")
+    api = {"Accept": "application/json"}
+    with serving_example_app("127.0.0.1", env, tmp_path / "server.log") as port:
+        statuses = [
+            _get_from(f"127.0.0.{n}", port, "/admin", {**api, "Authorization": f"Bearer guess{n}"})
+            for n in range(2, 6)
+        ]
+        assert statuses == [401, 401, 401, 429]
+        right = {**api, "Authorization": f"Bearer {token}"}
+        assert _get_from("127.0.0.9", port, "/admin", right) == 429
