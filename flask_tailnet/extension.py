@@ -185,10 +185,10 @@ def _credential_for_view(environ: WSGIEnvironment, peer: Peer) -> Any:
     state = guard_state(current_app)
     if state is None:
         raise RuntimeError("guard.login_required is used on an app without a TailnetGuard")
-    # A peer the bypass served stays `local`: its attempts here spend from the budget.
-    anonymous = Peer(peer.address, "none", local=peer.local, via_proxy=peer.via_proxy)
     if peer.method == "none":
         return challenge(state, environ)
+    # A peer the bypass served stays `local`: its attempts here spend from the budget.
+    anonymous = Peer(peer.address, "none", local=peer.local, via_proxy=peer.via_proxy)
     for step in state.steps:
         result = step(environ, anonymous)
         if result is not None:

@@ -55,6 +55,18 @@ def admin(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Flask, list
     return make_admin_app(state_dir, auth="password", password_env="TAILNET_TEST_PASSWORD")
 
 
+@pytest.fixture
+def limited_admin(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Flask, list[str]]:
+    """The ``admin`` app with a budget of three failed attempts a minute."""
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    return make_admin_app(
+        state_dir,
+        auth="password",
+        password_env="TAILNET_TEST_PASSWORD",
+        login_limits="3 per minute",
+    )
+
+
 def token_of(app: Flask) -> str:
     value: bytes = app.extensions["tailnet"].token_file.ensure()
     return value.decode()
@@ -149,17 +161,11 @@ def test_loopback_with_a_wrong_credential_is_refused(
     ],
 )
 def test_a_local_process_guessing_at_a_required_view_spends_a_budget(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch, guess: Any
+    limited_admin: tuple[Flask, list[str]], guess: Any
 ) -> None:
     """Loopback is not metered where the bypass serves it; where a view asks it for a credential,
     a local process guessing the password would otherwise have no limit at all."""
-    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
-    app, ran = make_admin_app(
-        state_dir,
-        auth="password",
-        password_env="TAILNET_TEST_PASSWORD",
-        login_limits="3 per minute",
-    )
+    app, ran = limited_admin
     client = app.test_client()
     statuses = [guess(client).status_code for _ in range(4)]
     assert statuses[3] == 429, statuses
@@ -176,18 +182,12 @@ def test_a_local_process_guessing_at_a_required_view_spends_a_budget(
     ],
 )
 def test_a_local_process_cannot_shed_its_budget_with_a_proxy_header(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch, proxy_header: dict[str, str]
+    limited_admin: tuple[Flask, list[str]], proxy_header: dict[str, str]
 ) -> None:
     """A proxy header takes a loopback request off the bypass (it must authenticate in the
     guard, as not local): its guesses still spend the loopback address's budget, or one header
     would give a local process unlimited guesses at the credential a required view asks for."""
-    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
-    app, ran = make_admin_app(
-        state_dir,
-        auth="password",
-        password_env="TAILNET_TEST_PASSWORD",
-        login_limits="3 per minute",
-    )
+    app, ran = limited_admin
     client = app.test_client()
     statuses = [
         local(client, headers={**basic("admin", f"wrong{n}"), **proxy_header}).status_code
@@ -200,18 +200,12 @@ def test_a_local_process_cannot_shed_its_budget_with_a_proxy_header(
 
 
 def test_a_local_process_cannot_multiply_its_budget_by_its_source_address(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    limited_admin: tuple[Flask, list[str]],
 ) -> None:
     """Every address of 127.0.0.0/8 (and ::1) is this machine, and any local process can send
     from any of them: they share one budget, or each new source address would bring three more
     guesses."""
-    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
-    app, ran = make_admin_app(
-        state_dir,
-        auth="password",
-        password_env="TAILNET_TEST_PASSWORD",
-        login_limits="3 per minute",
-    )
+    app, ran = limited_admin
     client = app.test_client()
     sources = ["127.0.0.2", "127.0.0.3", "127.1.2.3", "::1"]
     statuses = [
@@ -226,15 +220,9 @@ def test_a_local_process_cannot_multiply_its_budget_by_its_source_address(
 
 
 def test_a_local_process_guessing_at_the_login_form_spends_a_budget(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    limited_admin: tuple[Flask, list[str]],
 ) -> None:
-    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
-    app, _ = make_admin_app(
-        state_dir,
-        auth="password",
-        password_env="TAILNET_TEST_PASSWORD",
-        login_limits="3 per minute",
-    )
+    app, _ = limited_admin
     client = app.test_client()
     statuses = []
     for _ in range(4):
