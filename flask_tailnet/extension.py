@@ -21,12 +21,14 @@ from . import devserver, login
 from . import settings as settings_module
 from .credentials import DENY
 from .gate import Outcome
+from .identity import IdentityRule
 from .peer import NOBODY, PEER_KEY, Peer
 from .redaction import redact_logger
 from .responses import Forbidden, challenge, denial
 from .secretfile import UnsafeSecretFile, ensure_private_dir
 from .sessions import SESSION_KEY_FILE
 from .state import EXTENSION_KEY, GuardState, build_state, guard_state
+from .tailscaled_watch import describe
 from .token import TOKEN_FILE
 
 if TYPE_CHECKING:
@@ -99,6 +101,7 @@ class TailnetGuard:
                 ensure_private_dir(conf.state_dir)
             except UnsafeSecretFile as exc:
                 log.error("flask-tailnet: %s; every credential is refused until fixed", exc)
+        _log_tailscaled(state)
         redact_logger(logging.getLogger("werkzeug"))  # `flask run` logs each request line
         app.register_blueprint(login.blueprint(state, self.exempt))
         app.wsgi_app = guard_middleware(app, app.wsgi_app, state)  # type: ignore[assignment]
@@ -158,6 +161,43 @@ class TailnetGuard:
         setattr(required, _REQUIRED_ATTR, True)
         return cast(F, required)
 
+    @staticmethod
+    def require(
+        *,
+        users: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        capability: str | None = None,
+    ) -> Callable[[F], F]:
+        """Serve the view only to peers whose Tailscale identity matches, 403 otherwise:
+        ``users`` (login names, case-insensitive, or ``*@example.com``; never a tagged node) or
+        ``tags`` (``tag:name``), either list when both are given, and, when ``capability`` is
+        given, a peer granted it in the tailnet policy file. A peer served as local (loopback, or
+        a process on this node's own tailnet address) passes; a remote peer without an identity
+        from tailscaled never does, whatever credential it presented.
+
+        Raises :class:`ValueError` for a malformed entry, and :class:`TypeError` when nothing
+        is given (a gate that narrows nothing is a mistake) or for anything that is not a view.
+        """
+        if isinstance(users, str) or isinstance(tags, str):
+            raise TypeError("guard.require takes lists: users=['alice@example.com']")
+        rule = IdentityRule.parse(users, tags, capability)
+        if not rule.restricts:
+            raise TypeError("guard.require needs users=, tags= or capability=")
+
+        def decorate(view: F) -> F:
+            _refuse_non_view("require", view)
+
+            @functools.wraps(view)
+            def required(*args: Any, **kwargs: Any) -> Any:
+                peer = request.environ.get(PEER_KEY, NOBODY)
+                if not peer.local and not rule.admits(peer.tailscale):
+                    raise Forbidden()
+                return current_app.ensure_sync(view)(*args, **kwargs)
+
+            return cast(F, required)
+
+        return decorate
+
 
 #: The methods of peers that :meth:`TailnetGuard.login_required` asks for a credential.
 _ASKED_HERE = frozenset({"loopback", "none"})
@@ -188,7 +228,9 @@ def _credential_for_view(environ: WSGIEnvironment, peer: Peer) -> Any:
     if peer.method == "none":
         return challenge(state, environ)
     # A peer the bypass served stays `local`: its attempts here spend from the budget.
-    anonymous = Peer(peer.address, "none", local=peer.local, via_proxy=peer.via_proxy)
+    anonymous = Peer(
+        peer.address, "none", local=peer.local, via_proxy=peer.via_proxy, tailscale=peer.tailscale
+    )
     for step in state.steps:
         result = step(environ, anonymous)
         if result is not None:
@@ -272,13 +314,14 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
     locally, because it runs on every request (see benchmarks/).
     """
     admit = state.gate.admit
+    identify = state.identify
     steps = state.steps
     slow = SlowPaths(app, wsgi_app, state)
     serve, authenticate, deny, peer_key = Outcome.SERVE, Outcome.AUTHENTICATE, DENY, PEER_KEY
 
     def guard(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            verdict = admit(environ)
+            verdict = identify(environ, admit(environ))
             outcome = verdict.outcome
             peer = verdict.peer
             if outcome is not serve:
@@ -309,6 +352,19 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
     guard.wrapped = wsgi_app  # type: ignore[attr-defined]
     return guard
 
+
+def _log_tailscaled(state: GuardState) -> None:
+    """The start-up line: what the guard found of tailscaled (a warning when a loopback request
+    cannot be trusted as local, an error when ``"required"`` identity has no tailscaled)."""
+    snapshot = state.identify.watch.current()
+    text = "flask-tailnet: " + "; ".join(describe(snapshot))
+    if state.settings.identity == "required" and not snapshot.reachable:
+        log.error("%s; TAILNET_IDENTITY is 'required': every remote peer is refused until "
+                  "tailscaled answers", text)
+    elif snapshot.unknown or snapshot.problem is not None:
+        log.warning("%s", text)
+    else:
+        log.info("%s", text)
 
 def _setting_key(name: str) -> str:
     upper = name.upper()

@@ -47,10 +47,12 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with a request; ``peer`` is who it is from as far as the gate can tell."""
+    """What to do with a request; ``peer`` is who it is from as far as the gate can tell.
+    ``forwarded``: the peer's address is a trusted proxy's claim (``X-Forwarded-For``)."""
 
     outcome: Outcome
     peer: Peer
+    forwarded: bool = False
 
 
 _UNKNOWN = Peer(address=None, method="none")
@@ -132,7 +134,9 @@ class Gate:
         client = forwarded_client(environ.get("HTTP_X_FORWARDED_FOR"), self.trusted_proxies)
         if not self.policy.admits(client):
             return REFUSED
-        return Verdict(Outcome.AUTHENTICATE, Peer(str(client), "none", via_proxy=True))
+        return Verdict(
+            Outcome.AUTHENTICATE, Peer(str(client), "none", via_proxy=True), forwarded=True
+        )
 
     def _route(self, key: tuple[object, object]) -> _Route:
         remote_addr, host = key

@@ -11,12 +11,14 @@ from .addresses import Policy
 from .attempts import Attempts
 from .credentials import BasicAuth, BearerToken, LoginCredentials, SessionCookie, Step
 from .gate import Gate
+from .identify import Identify
 from .methods import MethodChoice
 from .pamauth import PamVerifier, pam_problem
 from .passwords import PASSWORD_FILE, PasswordSource
 from .ratelimit import AttemptBudget
 from .secretfile import MIN_SECRET_LENGTH, SecretFile
 from .sessions import SESSION_KEY_FILE, SessionCodec
+from .tailscaled_watch import TailscaledWatch
 from .token import token_file as make_token_file
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ class GuardState:
 
     settings: settings_module.Settings
     gate: Gate
+    identify: Identify
     token_file: SecretFile
     credentials: LoginCredentials
     sessions: SessionCodec
@@ -64,13 +67,21 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
     credentials = LoginCredentials(token_file, MethodChoice(conf.auth, passwords, pam, problem))
     key_file = SecretFile(conf.state_dir, SESSION_KEY_FILE, min_length=MIN_SECRET_LENGTH)
     sessions = SessionCodec(key_file, conf.session_lifetime)
+    policy = Policy(conf.network, conf.allowlist)
     return GuardState(
         settings=conf,
         gate=Gate(
-            policy=Policy(conf.network, conf.allowlist),
+            policy=policy,
             allowed_hosts=conf.allowed_hosts,
             trusted_proxies=conf.trusted_proxies,
             local_bypass=conf.local_bypass,
+        ),
+        identify=Identify(
+            watch=TailscaledWatch(conf.tailscaled_socket, conf.userspace),
+            mode=conf.identity,
+            rule=conf.identity_rule,
+            tailscale_login=conf.tailscale_login,
+            policy=policy,
         ),
         token_file=token_file,
         credentials=credentials,

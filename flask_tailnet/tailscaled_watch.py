@@ -1,0 +1,224 @@
+"""What this process knows of tailscaled: whether it runs here, its mode, its own addresses and the
+ports ``tailscale serve`` forwards over raw TCP, read at start and again every
+:data:`REFRESH_SECONDS` (never per request).
+
+The knowledge decides one thing on every loopback request: whether the loopback bypass may serve
+it. tailscaled connects to the app from 127.0.0.1 itself in userspace-networking mode and for TCP
+forwards, so loopback is local only when the snapshot says nothing of the kind can happen, and
+fails closed (:attr:`Snapshot.unknown`) whenever tailscaled runs but did not answer usably.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .relays import NO_FORWARDS, ServeForwards, parse_serve_config
+from .tailscaled import LocalAPI, LocalAPIError, TailscaledStatus, find_socket
+
+log = logging.getLogger("flask_tailnet")
+
+#: How often serve-config and status are re-read: a ``tailscale serve --tcp`` started while the app
+#: runs is noticed within this many seconds (the staleness bound docs/security.md states).
+REFRESH_SECONDS = 2.0
+#: How long past its refresh time a snapshot is still used while another thread re-reads it; past
+#: this, requests wait for the read.
+_GRACE_SECONDS = 3.0
+#: The official container's socket: used only when named, but its presence means a tailscaled runs
+#: here that the guard cannot trust (see :meth:`TailscaledWatch.current`).
+CONTAINER_SOCKET = "/tmp/tailscaled.sock"  # noqa: S108 - a path tailscaled's container uses
+
+Userspace = Literal["auto"] | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """tailscaled as last read. ``loopback_clear`` is the one flag the hot path reads: true when
+    a loopback request cannot have been relayed by tailscaled (no tailscaled, or a TUN-mode one
+    that forwards nothing over TCP), so the bypass may serve it without another question."""
+
+    socket: str | None
+    #: Why tailscaled is not used or not trusted, or what went wrong reading it; ``None`` if fine.
+    problem: str | None
+    #: tailscaled answered status and serve-config.
+    reachable: bool
+    #: tailscaled may be relaying but its answers are unknown: a loopback request is not local.
+    unknown: bool
+    version: str | None
+    userspace: bool
+    self_addresses: frozenset[str]
+    self_name: str | None
+    forwards: ServeForwards
+    #: ``SERVER_PORT`` values (strings, as WSGI gives them) that serve forwards raw TCP to.
+    forwarded_ports: frozenset[str]
+    #: ``SERVER_PORT`` values of forwards that Funnel publishes to the internet.
+    funnel_ports: frozenset[str]
+    loopback_clear: bool
+    #: The uid tailscaled runs as (``SO_PEERCRED``), ``None`` when unknown.
+    daemon_uid: int | None
+    expires: float = field(compare=False)
+    api: LocalAPI | None = field(default=None, compare=False)
+
+
+def _snapshot(
+    *,
+    socket: str | None,
+    problem: str | None,
+    api: LocalAPI | None = None,
+    status: TailscaledStatus | None = None,
+    forwards: ServeForwards = NO_FORWARDS,
+    unknown: bool = False,
+    userspace: bool = False,
+    daemon_uid: int | None = None,
+) -> Snapshot:
+    forwarded = frozenset(str(p) for p in forwards.tcp_ports)
+    return Snapshot(
+        socket=socket,
+        problem=problem,
+        reachable=status is not None and not unknown,
+        unknown=unknown,
+        version=None if status is None else status.version,
+        userspace=userspace,
+        self_addresses=frozenset() if status is None else status.self_addresses,
+        self_name=None if status is None else status.self_name,
+        forwards=forwards,
+        forwarded_ports=forwarded,
+        funnel_ports=frozenset(str(p) for p in forwards.funnel_ports),
+        loopback_clear=not (unknown or userspace or forwarded),
+        daemon_uid=daemon_uid,
+        expires=time.monotonic() + REFRESH_SECONDS,
+        api=api,
+    )
+
+
+class TailscaledWatch:
+    """The :class:`Snapshot` of one app, re-read at most every :data:`REFRESH_SECONDS`.
+
+    ``socket`` is ``TAILNET_TAILSCALED_SOCKET`` (``None``: the usual places), ``userspace`` is
+    ``TAILNET_USERSPACE``. Thread-safe: one thread re-reads while the others keep the previous
+    snapshot for up to :data:`_GRACE_SECONDS` more.
+    """
+
+    def __init__(self, socket: str | None, userspace: Userspace, *, timeout: float = 1.0) -> None:
+        self.socket_setting = socket
+        self.userspace_setting = userspace
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._last_tun: bool | None = None
+        self._snapshot = self._read()
+
+    def current(self) -> Snapshot:
+        """The snapshot in force, re-read first when it is older than :data:`REFRESH_SECONDS`."""
+        snapshot = self._snapshot
+        if time.monotonic() < snapshot.expires:
+            return snapshot
+        if not self._lock.acquire(blocking=False):
+            if time.monotonic() < snapshot.expires + _GRACE_SECONDS:
+                return snapshot
+            self._lock.acquire()
+        try:
+            if self._snapshot is snapshot:  # nobody re-read it while this thread waited
+                self._snapshot = self._read()
+            return self._snapshot
+        finally:
+            self._lock.release()
+
+    def refresh(self) -> Snapshot:
+        """Re-read now (``flask tailnet status``, tests)."""
+        with self._lock:
+            self._snapshot = self._read()
+            return self._snapshot
+
+    def _read(self) -> Snapshot:
+        choice = find_socket(self.socket_setting)
+        forced = self.userspace_setting
+        if choice.path is None:
+            if choice.problem is not None or _container_socket_present(self.socket_setting):
+                problem = choice.problem or (
+                    f"a tailscaled socket exists at {CONTAINER_SOCKET} (the official container's), "
+                    "but it is used only when named: set TAILNET_TAILSCALED_SOCKET to it"
+                )
+                # a tailscaled runs here that cannot be asked: it may be relaying
+                return _snapshot(socket=None, problem=problem, unknown=True, userspace=forced is True)
+            if forced is True:
+                return _snapshot(
+                    socket=None,
+                    problem="TAILNET_USERSPACE is on but no tailscaled socket was found",
+                    unknown=True,
+                    userspace=True,
+                )
+            return _snapshot(socket=None, problem=None)
+        api = LocalAPI(choice.path, timeout=self.timeout)
+        try:
+            status = api.status()
+            forwards = parse_serve_config(api.serve_config())
+        except (LocalAPIError, ValueError) as exc:
+            unreachable = isinstance(exc, LocalAPIError) and exc.unreachable
+            userspace = forced if forced != "auto" else self._last_tun is False
+            # Nothing listens on the socket: tailscaled is stopped and relays nothing, unless the
+            # operator said it runs in userspace mode (then its answers are needed, and missing).
+            unknown = not unreachable or forced is True
+            return _snapshot(
+                socket=choice.path,
+                problem=f"tailscaled at {choice.path}: {exc}",
+                api=api,
+                unknown=unknown,
+                userspace=bool(userspace),
+            )
+        self._last_tun = status.tun
+        userspace = (not status.tun) if forced == "auto" else bool(forced)
+        return _snapshot(
+            socket=choice.path,
+            problem=None,
+            api=api,
+            status=status,
+            forwards=forwards,
+            userspace=userspace,
+            daemon_uid=api.daemon_uid() if userspace else None,
+        )
+
+
+def _container_socket_present(configured: str | None) -> bool:
+    """Whether the official container's socket exists here without being the one named."""
+    if configured is not None:
+        return False
+    try:
+        return stat.S_ISSOCK(os.lstat(CONTAINER_SOCKET).st_mode)
+    except OSError:
+        return False
+
+
+def describe(snapshot: Snapshot) -> list[str]:
+    """What the guard found, a line each: the start-up log line and ``flask tailnet status`` say
+    the same. The first line names tailscaled and its mode; the rest, what it relays to
+    loopback."""
+    if snapshot.socket is None and snapshot.problem is None:
+        return ["tailscaled: not found on this host (loopback requests are local)"]
+    if not snapshot.reachable:
+        lines = [f"tailscaled: NOT READABLE: {snapshot.problem}"]
+        if snapshot.unknown:
+            lines.append("loopback: NOT LOCAL: every loopback request must authenticate until it answers")
+        else:
+            lines.append("loopback: local (tailscaled is not running, so it relays nothing)")
+        return lines
+    mode = "userspace networking" if snapshot.userspace else "TUN"
+    lines = [f"tailscaled: {snapshot.version} at {snapshot.socket}, {mode}"]
+    if snapshot.userspace:
+        lines.append(
+            "loopback: relayed connections are told apart by whois of 127.0.0.1:REMOTE_PORT; "
+            "only the others are local"
+        )
+    if snapshot.forwarded_ports:
+        ports = ", ".join(sorted(snapshot.forwarded_ports, key=int))
+        lines.append(f"tailscale serve: forwards raw TCP to port {ports}: not local there")
+    if snapshot.funnel_ports:
+        ports = ", ".join(sorted(snapshot.funnel_ports, key=int))
+        lines.append(f"tailscale funnel: ON for the TCP forward to port {ports} (public)")
+    if not snapshot.userspace and not snapshot.forwarded_ports:
+        lines.append("loopback: local (tailscaled relays nothing to it)")
+    return lines
