@@ -7,6 +7,7 @@ are their ``--help`` text, so they are plain text, not reStructuredText.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -21,6 +22,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
+from .addresses import parse_ip
 from .binds import (
     BindRefused,
     binds_from_env,
@@ -36,6 +38,8 @@ from .passwords import MAX_PASSWORD_LENGTH, password_problem
 from .secretfile import SecretFile, UnsafeSecretFile, directory_problem, ensure_private_dir
 from .settings import DEFAULT_PORT, FLASK_RUN_PORT, Settings
 from .state import GuardState, guard_state
+from .tailscaled import LocalAPIError
+from .tailscaled_watch import describe
 from .token import login_link
 
 tailnet = AppGroup("tailnet", help="flask-tailnet: the guard's token, password and state.")
@@ -228,6 +232,14 @@ def status_command() -> None:
         f"login page:       {conf.login_prefix}/login",
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind, conf.network),
     ]
+    snapshot = state.identify.watch.refresh()
+    lines += [f"{'tailscaled:' if i == 0 else '':<17} {line}" for i, line in enumerate(describe(snapshot))]
+    lines.append(f"identity:         {_identity_summary(conf)}")
+    relay_unknown = conf.local_bypass and snapshot.unknown
+    identity_missing = conf.identity == "required" and not snapshot.reachable
+    if identity_missing:
+        lines.append("                  UNUSABLE: 'required' but tailscaled does not answer: every "
+                     "remote peer is refused")
     if state.credentials.pam is not None:
         for line in pam_status(state.credentials.pam):
             unsafe = unsafe or line.unsafe
@@ -237,8 +249,90 @@ def status_command() -> None:
         click.echo("the login method logs nobody in: see the line marked UNUSABLE", err=True)
     if unsafe:
         click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
-    if unsafe or unusable:
+    if relay_unknown:
+        click.echo(
+            "the guard cannot tell loopback requests that tailscaled relayed from local ones: "
+            "every loopback request must authenticate (see the tailscaled lines)",
+            err=True,
+        )
+    if unsafe or unusable or relay_unknown or identity_missing:
         raise click.exceptions.Exit(1)
+
+
+def _identity_summary(conf: Settings) -> str:
+    rule = conf.identity_rule
+    gates = [
+        *(f"user {u}" for u in sorted(rule.users)),
+        *(f"user *@{d}" for d in sorted(rule.domains)),
+        *(f"tag {t}" for t in sorted(rule.tags)),
+        *([f"capability {rule.capability}"] if rule.capability else []),
+    ]
+    return (
+        f"{conf.identity} (TAILNET_IDENTITY); gates: {', '.join(gates) or 'none'}; "
+        f"Tailscale login: {'on' if conf.tailscale_login else 'off'}"
+    )
+
+
+@tailnet.command("whois")
+@click.argument("address")
+def whois_command(address: str) -> None:
+    """Print what tailscaled says of ADDRESS (IP or IP:PORT, [IPv6]:PORT), as the guard would
+    use it: the peer's login, node, tags and capabilities, and whether this app's gates admit it.
+
+    Exits 1 when ADDRESS is not a peer, when tailscaled does not answer, or when ADDRESS does
+    not parse."""
+    state = _state()
+    ip, port = _address_and_port(address)
+    snapshot = state.identify.watch.refresh()
+    if snapshot.api is None or not snapshot.reachable:
+        raise click.ClickException(f"tailscaled does not answer: {snapshot.problem or 'not found'}")
+    try:
+        identity = snapshot.api.whois(ip, port)
+    except LocalAPIError as exc:
+        raise click.ClickException(f"whois failed: {exc}") from None
+    if identity is None:
+        click.echo(f"{address}: not a peer (tailscaled: no match)")
+        raise click.exceptions.Exit(1)
+    conf = state.settings
+    itself = bool(snapshot.self_addresses.intersection(identity.addresses))
+    lines = [
+        f"login:         {identity.login if identity.login is not None else '(tagged node)'}",
+        f"display name:  {identity.display_name}",
+        f"node:          {identity.node} ({identity.node_id})" + (" = this node" if itself else ""),
+        f"addresses:     {', '.join(identity.addresses)}",
+        f"tags:          {', '.join(identity.tags) or 'none'}",
+        "capabilities:  " + (
+            json.dumps({k: list(v) for k, v in identity.capabilities.items()}, sort_keys=True)
+            if identity.capabilities else "none"
+        ),
+    ]
+    if itself:
+        verdict = "local (a process on this node)"
+    elif not conf.identity_rule.admits(identity):
+        verdict = "REFUSED by the gates (403)"
+    elif conf.tailscale_login:
+        verdict = f"admitted by Tailscale login as {identity.login or identity.node}"
+    else:
+        verdict = "admitted by the gates; must present a credential"
+    lines.append(f"this app:      {verdict}")
+    click.echo("\n".join(lines))
+
+
+def _address_and_port(text: str) -> tuple[str, int | None]:
+    """``IP``, ``IPv4:PORT`` or ``[IPv6]:PORT``; a click error for anything else."""
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise click.BadParameter(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    ip = parse_ip(host)
+    if ip is None or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise click.BadParameter(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
+    return str(ip), None if port is None else int(port)
 
 
 def _gunicorn_binds(app_binds: tuple[str, ...], app_allows_wildcard: bool, network: str) -> str:
