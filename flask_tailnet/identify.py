@@ -64,8 +64,10 @@ class _Known:
     proxied: Verdict  # via a proxy (a trusted one named it, or tailscaled relayed it)
 
 
-#: A connection tailscaled did not relay (the per-connection answer of userspace mode).
+#: The per-connection answers of userspace mode besides a peer's address: tailscaled did not relay
+#: the connection; or nothing proved that (it is not local).
 _LOCAL_CONNECTION = "local"
+_UNKNOWN_CONNECTION = "unknown"
 
 
 class Identify:
@@ -79,8 +81,10 @@ class Identify:
         rule: IdentityRule,
         tailscale_login: bool,
         policy: Policy,
+        local_bypass: bool = True,
     ) -> None:
         self.watch = watch
+        self.local_bypass = local_bypass
         self.mode = mode
         self.rule = rule
         self.tailscale_login = tailscale_login
@@ -92,9 +96,12 @@ class Identify:
         self._known = self._cache.entries
         self._connections: PerConnection[str] = PerConnection()
         self._reported_missing = False
+        self._warned_proxy_protocol = False
 
     def __call__(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
         """The gate's ``verdict`` with what tailscaled knows (see the module docstring)."""
+        if "PROXY_PROTOCOL" in environ:
+            verdict = self._proxy_protocol(environ, verdict)
         outcome = verdict.outcome
         if outcome is Outcome.SERVE:
             snapshot = self.watch.current()
@@ -105,43 +112,87 @@ class Identify:
             return self._remote(environ, verdict)
         return verdict
 
+    def _proxy_protocol(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
+        """A request whose address the server took from a PROXY protocol header (gunicorn
+        ``--proxy-protocol``), which any local process may send. Believed only when the kernel
+        says tailscaled made the connection, to a port a serve TCP forward sends the header to;
+        then it is a proxied peer, never local. Refused otherwise."""
+        if verdict.outcome is Outcome.REFUSE:
+            return verdict
+        snapshot = self.watch.current()
+        connection = connection_of(environ)
+        port = as_received(environ).get("SERVER_PORT")
+        owner = None
+        if connection is not None and port in snapshot.proxy_protocol_ports:
+            try:
+                client = connection.getpeername()  # type: ignore[attr-defined]
+                server = connection.getsockname()  # type: ignore[attr-defined]
+                owner = loopback_client_uid((client[0], client[1]), (server[0], server[1]))
+            except (AttributeError, OSError, TypeError, ValueError, IndexError):
+                owner = None
+        if owner is None or owner != snapshot.daemon_uid:
+            if not self._warned_proxy_protocol:
+                self._warned_proxy_protocol = True
+                log.warning(
+                    "flask-tailnet: a request carried a PROXY protocol header that tailscaled did "
+                    "not send (no serve TCP forward with ProxyProtocol to this port, or another "
+                    "process made the connection): refused"
+                )
+            return REFUSED
+        if verdict.outcome is Outcome.SERVE:
+            return self._relayed_anonymous()
+        peer = verdict.peer
+        return Verdict(Outcome.AUTHENTICATE, Peer(peer.address, "none", via_proxy=True))
+
     # -- loopback -------------------------------------------------------------------------------
 
-    def _loopback(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
+    def _loopback(
+        self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot
+    ) -> Verdict:
         """A loopback request without proxy headers: unchanged when tailscaled did not relay it,
         else the relayed peer."""
-        port = environ.get("SERVER_PORT")
         if snapshot.unknown:
             return self._relayed_anonymous()
-        if port in snapshot.funnel_ports and self.policy.name != "any":
-            return REFUSED
+        port = as_received(environ).get("SERVER_PORT")
         if port in snapshot.forwarded_ports:
+            if port in snapshot.funnel_ports and self.policy.name != "any":
+                return REFUSED
             return self._relayed_anonymous()
         if not snapshot.userspace or ":" in (verdict.peer.address or ":"):
             return verdict  # netstack dials 127.0.0.1 only, never ::1
         return self._userspace(environ, verdict, snapshot)
 
-    def _userspace(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
-        """Userspace mode: the connection is local only when tailscaled's proxy map does not hold
-        its client port (whois 404), or the kernel says another user than tailscaled's owns it.
-        Answers are kept for the life of the connection, never by port."""
+    def _userspace(
+        self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot
+    ) -> Verdict:
+        """Userspace mode: netstack dials every tailnet connection to 127.0.0.1 itself. A
+        connection is local when the kernel says a user other than tailscaled's made its client
+        socket; else when whois of its client port is a 404 on the first request of a connection
+        the server names (tailscaled keeps a relayed connection's entry until the app has answered
+        and closed, so only a first request's 404 is proof). Anything else is not local. Answers
+        are kept for the life of the connection, never by port."""
         connection = connection_of(environ)
         if connection is not None:
             known = self._connections.get(connection)
+            if known == _LOCAL_CONNECTION:
+                return verdict
+            if known == _UNKNOWN_CONNECTION:
+                return self._relayed_anonymous()
             if known is not None:
-                return verdict if known == _LOCAL_CONNECTION else self._relayed_from(known)
+                return self._relayed_from(known)
         address = verdict.peer.address
         try:
             client_port = int(environ["REMOTE_PORT"])
         except (KeyError, TypeError, ValueError):
             return self._relayed_anonymous()
-        if address is None or not 0 < client_port < 65536:
+        if address is None or not 0 < client_port < 65536 or "PROXY_PROTOCOL" in environ:
             return self._relayed_anonymous()
         answer = self._relay_of(environ, connection, address, client_port, snapshot)
+        if connection is not None:
+            # "unknown" too: a later request's whois 404 would prove nothing (see above)
+            self._connections.put(connection, answer or _UNKNOWN_CONNECTION)
         if answer is None:
             return self._relayed_anonymous()
-        if connection is not None:
-            self._connections.put(connection, answer)
         return verdict if answer == _LOCAL_CONNECTION else self._relayed_from(answer)
 
     def _relay_of(
@@ -154,13 +205,14 @@ class Identify:
     ) -> str | None:
         """:data:`_LOCAL_CONNECTION`, the tailnet address of the peer tailscaled relayed the
         connection for, or ``None`` when that cannot be known (the request is then not local)."""
-        daemon = snapshot.daemon_uid
-        if daemon is not None:
-            server = _server_address(environ, connection)
-            if server is not None:
-                owner = loopback_client_uid((address, client_port), server)
-                if owner is not None and owner != daemon:
-                    return _LOCAL_CONNECTION
+        server = _server_address(environ, connection)
+        owner = None if server is None else loopback_client_uid((address, client_port), server)
+        if owner is None:
+            # No such live connection in the kernel's table (its client may have closed it, and
+            # tailscaled then forgets it too): nothing proves it local.
+            return None
+        if snapshot.daemon_uid is not None and owner != snapshot.daemon_uid:
+            return _LOCAL_CONNECTION
         api = snapshot.api
         if api is None:
             return None
@@ -170,7 +222,7 @@ class Identify:
             log.warning("flask-tailnet: whois of a loopback connection failed (%s): not local", exc)
             return None
         if identity is None:
-            return _LOCAL_CONNECTION
+            return _LOCAL_CONNECTION if connection is not None else None
         if snapshot.self_addresses.intersection(identity.addresses):
             return _LOCAL_CONNECTION
         peer_address = _preferred_address(identity)
@@ -208,8 +260,9 @@ class Identify:
                     return verdict
                 relayed = self._loopback(environ, verdict, snapshot)
                 return verdict if relayed is verdict else relayed
-            if address in self.watch.current().self_addresses:
-                return self._self(environ, verdict, address)
+            snapshot = self.watch.current()
+            if self.local_bypass and address in snapshot.self_addresses:
+                return self._self(environ, verdict, snapshot)
         if not self._asks:
             return verdict
         known = self._known_for(address)
@@ -219,14 +272,17 @@ class Identify:
                 return REFUSED
         return known.proxied if peer.via_proxy else known.direct
 
-    def _self(self, environ: Mapping[str, Any], verdict: Verdict, address: str) -> Verdict:
-        """A local process that connected to this node's own tailnet address: local, with the
-        loopback bypass's cross-site refusal."""
+    def _self(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
+        """A connection from this node's own tailnet address: a local process, served as local
+        with the loopback bypass's cross-site refusal, unless tailscaled may have made it (a TCP
+        forward to this port, or tailscaled's answers unknown)."""
+        if snapshot.unknown or as_received(environ).get("SERVER_PORT") in snapshot.forwarded_ports:
+            return self._relayed_anonymous()
         if (
             environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
         ) and cross_site(environ, as_received(environ).get("HTTP_HOST")):
             return REFUSED
-        return Verdict(Outcome.SERVE, Peer(address, "loopback", local=True))
+        return Verdict(Outcome.SERVE, Peer(verdict.peer.address, "loopback", local=True))
 
     def _known_for(self, address: str) -> _Known:
         known = self._known.get(address)

@@ -82,6 +82,7 @@ def build_state(conf: settings_module.Settings, namespace: str) -> GuardState:
             rule=conf.identity_rule,
             tailscale_login=conf.tailscale_login,
             policy=policy,
+            local_bypass=conf.local_bypass,
         ),
         token_file=token_file,
         credentials=credentials,

@@ -58,6 +58,8 @@ class Snapshot:
     forwarded_ports: frozenset[str]
     #: ``SERVER_PORT`` values of forwards that Funnel publishes to the internet.
     funnel_ports: frozenset[str]
+    #: ``SERVER_PORT`` values of forwards that send a PROXY protocol header.
+    proxy_protocol_ports: frozenset[str]
     loopback_clear: bool
     #: The uid tailscaled runs as (``SO_PEERCRED``), ``None`` when unknown.
     daemon_uid: int | None
@@ -89,6 +91,7 @@ def _snapshot(
         forwards=forwards,
         forwarded_ports=forwarded,
         funnel_ports=frozenset(str(p) for p in forwards.funnel_ports),
+        proxy_protocol_ports=frozenset(str(p) for p in forwards.proxy_protocol_ports),
         loopback_clear=not (unknown or userspace or forwarded),
         daemon_uid=daemon_uid,
         expires=time.monotonic() + REFRESH_SECONDS,
@@ -179,7 +182,7 @@ class TailscaledWatch:
             status=status,
             forwards=forwards,
             userspace=userspace,
-            daemon_uid=api.daemon_uid() if userspace else None,
+            daemon_uid=api.daemon_uid(),
         )
 
 
