@@ -252,6 +252,8 @@ class IdentityRule:
         a wildcard other than ``*@domain`` (``*``, ``*@``, ``*@*``, ``*alice@example.com``), a
         domain of one label (``*@github`` would admit every GitHub account shared into the
         tailnet), and a capability that is not ``domain/name``."""
+        if isinstance(users, str) or isinstance(tags, str):
+            raise ValueError("users and tags are lists of entries, not one string")
         logins: set[str] = set()
         domains: set[str] = set()
         for entry in users:

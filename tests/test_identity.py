@@ -594,6 +594,14 @@ def test_rule_refuses_malformed_entries(
         IdentityRule.parse(users, tags, capability)
 
 
+def test_rule_refuses_one_string_for_a_list() -> None:
+    """A string is iterable: "alice@example.com" would become the logins "a", "l", "i"..."""
+    with pytest.raises(ValueError, match="lists"):
+        IdentityRule.parse("alice@example.com")
+    with pytest.raises(ValueError, match="lists"):
+        IdentityRule.parse(tags="tag:ci")
+
+
 def test_rule_folds_entries() -> None:
     rule = IdentityRule.parse(
         ["Alice@Example.COM", "*@Example.Org"], ["tag:web"], "example.com/cap/a"
