@@ -95,6 +95,8 @@ def _walk_config(config: object, ports: set[int], targets: set[str], *, depth: i
     _walk_tcp(fields.get("TCP"), ports, targets)
     _web(fields.get("Web"))
     for service in _entries(fields.get("Services"), "Services"):
+        if service is None:
+            continue
         service_fields = _object(service, "Services entry")
         _known(service_fields, _SERVICE_FIELDS, "Services entry")
         _walk_tcp(service_fields.get("TCP"), ports, targets)
