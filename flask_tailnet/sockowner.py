@@ -9,9 +9,9 @@ tailscaled. This module only reads that record; the decision is the caller's.
 
 The record comes from NETLINK_SOCK_DIAG (what ``ss -e`` reads): one exact lookup by the
 connection's four addresses, which any user may make, for sockets of every user, in its own
-network namespace. Read only from a socket some process still holds: a TIME_WAIT socket (and a
-closed, orphaned one, which the kernel soon turns into one) reports uid 0 whoever made it, so an
-answer without an inode is unknown, never root.
+network namespace. Read only from a socket some process still holds: once its process closed it,
+the kernel reports it with no inode and either uid 0 (TIME_WAIT, and FIN_WAIT2 kept as a timewait
+socket: root, whoever made it) or, for a moment, its maker's uid. Such an answer is unknown.
 """
 
 from __future__ import annotations
