@@ -32,9 +32,12 @@ def probe() -> dict[str, Any]:
             _connections.put(connection, serial)
         local = connection.getsockname()  # type: ignore[attr-defined]
     remote_port = environ.get("REMOTE_PORT")
-    owner = None
-    if local is not None and remote_port is not None:
-        owner = loopback_client_uid((environ["REMOTE_ADDR"], int(remote_port)), local[:2])
+    # The socket's own peer: behind gunicorn's --proxy-protocol, REMOTE_* and PROXY_* both come
+    # from the PROXY header.
+    owner = peer = None
+    if connection is not None:
+        peer = connection.getpeername()  # type: ignore[attr-defined]
+        owner = loopback_client_uid(peer[:2], local[:2])
     weakrefable = True
     try:
         weakref.ref(environ.get("gunicorn.socket") or environ.get("werkzeug.socket"))
@@ -49,6 +52,10 @@ def probe() -> dict[str, Any]:
         "remote_port": remote_port,
         "remote_port_type": type(remote_port).__name__,
         "server_port": environ.get("SERVER_PORT"),
+        "proxy_protocol": environ.get("PROXY_PROTOCOL"),
+        "proxy_addr": environ.get("PROXY_ADDR"),
+        "proxy_port": environ.get("PROXY_PORT"),
+        "socket_peer": peer,
         "server_name": environ.get("SERVER_NAME"),
         "local_port": None if local is None else local[1],
         "owner": owner,

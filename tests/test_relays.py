@@ -7,6 +7,7 @@ import gc
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -431,3 +432,44 @@ def test_real_server_connection_and_ports(kind: str, tmp_path: Path) -> None:
     else:
         assert first["closing"], "the server kept a connection alive"
         assert second["serial"] != first["serial"]
+
+
+def test_gunicorn_proxy_protocol_believes_any_local_sender(tmp_path: Path) -> None:
+    """For the docs: with ``--proxy-protocol``, gunicorn takes REMOTE_ADDR from a PROXY header
+    sent by any client on loopback (``proxy_allow_ips`` defaults to 127.0.0.1,::1) and serves a
+    connection without one as before. A local user can claim a tailnet address. PROXY_ADDR and
+    PROXY_PORT come from the header too (its destination); only the socket itself
+    (``connection_of(environ).getpeername()``) says who sent it, and the kernel names its owner."""
+    port = free_port()
+    with running(
+        [("127.0.0.1", port)],
+        state_dir=tmp_path,
+        stderr_path=tmp_path / "gunicorn.log",
+        workers=1,
+        worker_class="gthread",
+        command=GUNICORN,
+        extra=["--threads", "2", "--proxy-protocol", "v1", PROBE_APP],
+        env=gunicorn_env(tmp_path),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as forged:
+            forged.sendall(
+                f"PROXY TCP4 100.64.3.7 127.0.0.1 40000 {port}\r\n".encode()
+                + b"GET /probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
+            reply = b""
+            while chunk := forged.recv(65536):
+                reply += chunk
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            without = probe(plain)
+        finally:
+            plain.close()
+    claimed = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert claimed["remote_addr"] == "100.64.3.7"
+    assert claimed["remote_port"] == "40000"
+    assert (claimed["proxy_addr"], claimed["proxy_port"]) == ("127.0.0.1", str(port))
+    assert claimed["socket_peer"][0] == "127.0.0.1"
+    assert claimed["socket_peer"][1] != 40000
+    assert claimed["owner"] == os.geteuid()
+    assert without["remote_addr"] == "127.0.0.1"
+    assert without["proxy_protocol"] is None
