@@ -23,21 +23,18 @@ _connections: PerConnection[int] = PerConnection()
 def probe() -> dict[str, Any]:
     environ = request.environ
     connection = connection_of(environ)
-    serial = None
-    local = None
+    serial = local = peer = owner = None
     if connection is not None:
         serial = _connections.get(connection)
         if serial is None:
             serial = next(_serials)
             _connections.put(connection, serial)
         local = connection.getsockname()  # type: ignore[attr-defined]
-    remote_port = environ.get("REMOTE_PORT")
-    # The socket's own peer: behind gunicorn's --proxy-protocol, REMOTE_* and PROXY_* both come
-    # from the PROXY header.
-    owner = peer = None
-    if connection is not None:
+        # The socket's own peer: behind gunicorn's --proxy-protocol, REMOTE_* and PROXY_* both
+        # come from the PROXY header.
         peer = connection.getpeername()  # type: ignore[attr-defined]
         owner = loopback_client_uid(peer[:2], local[:2])
+    remote_port = environ.get("REMOTE_PORT")
     weakrefable = True
     try:
         weakref.ref(environ.get("gunicorn.socket") or environ.get("werkzeug.socket"))
