@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_tailnet.relays import (
     NO_FORWARDS,
@@ -195,6 +197,46 @@ MALFORMED = [
 def test_parse_refuses_malformed_shapes(document: object) -> None:
     with pytest.raises(ValueError, match="serve config"):
         parse_serve_config(document)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["", "127.0.0.1:5000", "unix:/x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "TCP",
+                    "Web",
+                    "Services",
+                    "Foreground",
+                    "AllowFunnel",
+                    "TCPForward",
+                    "HTTPS",
+                    "ProxyProtocol",
+                    "443",
+                    "svc:a",
+                    "s",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_parse_answers_or_refuses_never_crashes(document: object) -> None:
+    """Any JSON: forwards whose ports are real ports, or ValueError; nothing else escapes."""
+    try:
+        forwards = parse_serve_config(document)
+    except ValueError:
+        return
+    assert all(0 < port < 65536 for port in forwards.tcp_ports)
 
 
 # ---- connection_of ----------------------------------------------------------------------------
