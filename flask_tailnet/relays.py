@@ -21,7 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["NO_FORWARDS", "PerConnection", "ServeForwards", "connection_of", "parse_serve_config"]
+__all__ = [
+    "CONNECTION_KEYS",
+    "NO_FORWARDS",
+    "PerConnection",
+    "ServeForwards",
+    "connection_of",
+    "parse_serve_config",
+]
 
 T = TypeVar("T")
 
