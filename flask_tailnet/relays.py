@@ -62,6 +62,10 @@ class ServeForwards:
     funnel: bool
     #: The TCPForward targets as tailscaled holds them, sorted, for messages (``unix:`` ones too).
     targets: tuple[str, ...]
+    #: Target ports of the TCPForwards whose serve port ``AllowFunnel`` publishes (any host name).
+    funnel_ports: frozenset[int] = frozenset()
+    #: Target ports of the TCPForwards that send a PROXY protocol header.
+    proxy_protocol_ports: frozenset[int] = frozenset()
 
     def forwards_to(self, port: int) -> bool:
         """Whether some TCPForward targets ``port`` (whatever host it names)."""
@@ -85,45 +89,70 @@ def parse_serve_config(document: object) -> ServeForwards:
     A target's port counts whatever its host: tailscaled dials names and addresses of this host as
     readily as ``127.0.0.1``, and an extra port only costs a local client a credential.
     """
-    ports: set[int] = set()
-    targets: set[str] = set()
-    funnel = _walk_config(document, ports, targets, depth=0)
-    return ServeForwards(frozenset(ports), funnel, tuple(sorted(targets)))
+    found = _Found()
+    funnel = _walk_config(document, found, depth=0)
+    return ServeForwards(
+        frozenset(found.ports),
+        funnel,
+        tuple(sorted(found.targets)),
+        frozenset(
+            port for serve in found.funnel_serve_ports for port in found.forwarded.get(serve, ())
+        ),
+        frozenset(found.proxy_protocol_ports),
+    )
 
 
-def _walk_config(config: object, ports: set[int], targets: set[str], *, depth: int) -> bool:
-    """Collect one ServeConfig's forwards; return whether it allows Funnel anywhere."""
+class _Found:
+    """What the walk collects."""
+
+    def __init__(self) -> None:
+        self.ports: set[int] = set()
+        self.targets: set[str] = set()
+        self.proxy_protocol_ports: set[int] = set()
+        #: serve port -> target ports, over every level (top, Services, Foreground sessions)
+        self.forwarded: dict[int, set[int]] = {}
+        self.funnel_serve_ports: set[int] = set()
+
+
+def _walk_config(config: object, found: _Found, *, depth: int) -> bool:
+    """Collect one ServeConfig's forwards; return whether it allows Funnel anywhere. A forward
+    whose serve port some ``AllowFunnel`` key (``host:port``) names, at any level, is a Funnel one:
+    any host name, any level, since tailscaled merges them and the same node answers to all."""
     if config is None:
         return False
     if depth > _MAX_DEPTH:
         raise ValueError("serve config: Foreground sessions nested too deeply")
     fields = _object(config, "serve config")
     _known(fields, _CONFIG_FIELDS, "serve config")
-    _walk_tcp(fields.get("TCP"), ports, targets)
+    _walk_tcp(fields.get("TCP"), found)
     _web(fields.get("Web"))
     for service in _entries(fields.get("Services"), "Services"):
         if service is None:
             continue
         service_fields = _object(service, "Services entry")
         _known(service_fields, _SERVICE_FIELDS, "Services entry")
-        _walk_tcp(service_fields.get("TCP"), ports, targets)
+        _walk_tcp(service_fields.get("TCP"), found)
         _web(service_fields.get("Web"))
         _typed(service_fields, "Tun", bool, "Services entry")
     funnel = False
-    for allowed in _entries(fields.get("AllowFunnel"), "AllowFunnel"):
+    allow = fields.get("AllowFunnel")
+    for host_port, allowed in () if allow is None else _object(allow, "AllowFunnel").items():
         if not isinstance(allowed, bool):
             raise ValueError("serve config: an AllowFunnel value is not a boolean")
-        funnel = funnel or allowed
+        if allowed:
+            funnel = True
+            found.funnel_serve_ports.add(_target_port(host_port))
     for session in _entries(fields.get("Foreground"), "Foreground"):
-        funnel = _walk_config(session, ports, targets, depth=depth + 1) or funnel
+        funnel = _walk_config(session, found, depth=depth + 1) or funnel
     return funnel
 
 
-def _walk_tcp(tcp: object, ports: set[int], targets: set[str]) -> None:
+def _walk_tcp(tcp: object, found: _Found) -> None:
+    """Collect the TCP forwards of one TCP map."""
     if tcp is None:
         return
     for key, handler in _object(tcp, "TCP").items():
-        _port(key, "a TCP key")
+        serve_port = _port(key, "a TCP key")
         if handler is None:
             continue
         fields = _object(handler, "TCP handler")
@@ -133,9 +162,13 @@ def _walk_tcp(tcp: object, ports: set[int], targets: set[str]) -> None:
         target = fields.get("TCPForward", "")
         if target == "":
             continue
-        targets.add(target)
+        found.targets.add(target)
         if not target.startswith("unix:"):
-            ports.add(_target_port(target))
+            port = _target_port(target)
+            found.ports.add(port)
+            found.forwarded.setdefault(serve_port, set()).add(port)
+            if fields.get("ProxyProtocol"):
+                found.proxy_protocol_ports.add(port)
 
 
 def _target_port(target: str) -> int:

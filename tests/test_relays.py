@@ -55,7 +55,9 @@ VALID = [
     ),
     pytest.param(
         {"TCP": {"8443": {"TCPForward": "[::1]:5001", "ProxyProtocol": 2}}},
-        ServeForwards(frozenset({5001}), False, ("[::1]:5001",)),
+        ServeForwards(
+            frozenset({5001}), False, ("[::1]:5001",), proxy_protocol_ports=frozenset({5001})
+        ),
         id="proxy-protocol-to-ipv6-loopback",
     ),
     pytest.param(
@@ -117,7 +119,7 @@ VALID = [
                 }
             }
         },
-        ServeForwards(frozenset({5005}), True, ("127.0.0.1:5005",)),
+        ServeForwards(frozenset({5005}), True, ("127.0.0.1:5005",), frozenset({5005})),
         id="funnel-in-foreground-session",
     ),
     pytest.param(
@@ -133,6 +135,27 @@ VALID = [
         {"TCP": {"443": None}, "Services": {"svc:a": None}, "Foreground": {"s": None}},
         NO_FORWARDS,
         id="null-entries-forward-nothing",
+    ),
+    pytest.param(
+        {
+            "TCP": {
+                "443": {"TCPForward": "127.0.0.1:5000"},
+                "8443": {"TCPForward": "127.0.0.1:5001"},
+            },
+            "AllowFunnel": {"node.ts.net:8443": True, "node.ts.net:443": False},
+        },
+        ServeForwards(
+            frozenset({5000, 5001}), True, ("127.0.0.1:5000", "127.0.0.1:5001"), frozenset({5001})
+        ),
+        id="funnel-publishes-only-the-forward-on-its-serve-port",
+    ),
+    pytest.param(
+        {
+            "TCP": {"443": {"TCPForward": "127.0.0.1:5000"}},
+            "Foreground": {"s": {"AllowFunnel": {"node.ts.net:443": True}}},
+        },
+        ServeForwards(frozenset({5000}), True, ("127.0.0.1:5000",), frozenset({5000})),
+        id="funnel-of-a-session-counts-for-every-forward-on-its-port",
     ),
 ]
 
