@@ -1,6 +1,7 @@
 """Who a tailnet peer is, as tailscaled's whois names it.
 
-Minimal form (the record and its strict parser) so the LocalAPI client stands alone; the gates live here too.
+Minimal form (the record and its strict parser) so the LocalAPI client stands alone; the gates live
+here too.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ class TailscaleIdentity:
 def parse_whois(document: object) -> TailscaleIdentity:
     """The identity in a decoded ``/localapi/v0/whois`` answer (apitype.WhoIsResponse).
 
-    Refuses (ValueError) anything that is not that shape: a non-object, ``Node`` or ``UserProfile`` missing
-    or not objects, a ``StableID``/``Name``/``LoginName``/``DisplayName`` that is not a string (or an empty
-    ``StableID``/``LoginName``), addresses that are not a non-empty list of IP prefixes, tags that are not
-    ``tag:`` strings, a ``CapMap`` that is not an object of lists. ``CapMap`` null or absent: no capabilities.
-    The node's own ``Node.CapMap`` (node attributes) is never read as app capabilities.
+    Refuses (ValueError) anything that is not that shape: a non-object, ``Node`` or ``UserProfile``
+    missing or not objects, a ``StableID``/``Name``/``LoginName``/``DisplayName`` that is not a string
+    (or an empty ``StableID``/``LoginName``), addresses that are not a non-empty list of IP prefixes,
+    tags that are not ``tag:`` strings, a ``CapMap`` that is not an object of lists. ``CapMap`` null or
+    absent: no capabilities. The node's own ``Node.CapMap`` (node attributes) is never read as app
+    capabilities.
     """
     if not isinstance(document, dict):
         raise ValueError("whois answer is not a JSON object")
@@ -102,9 +104,7 @@ def _capabilities(value: object) -> Mapping[str, tuple[Any, ...]]:
         raise ValueError("whois answer: CapMap is not an object")
     capabilities: dict[str, tuple[Any, ...]] = {}
     for name, values in value.items():
-        if values is None:
-            values = []
-        if not isinstance(values, list):
+        if values is not None and not isinstance(values, list):
             raise ValueError("whois answer: a CapMap entry is not a list")
-        capabilities[name] = tuple(values)
+        capabilities[name] = tuple(values or ())
     return MappingProxyType(capabilities)

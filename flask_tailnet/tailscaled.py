@@ -1,16 +1,18 @@
-"""The tailscaled LocalAPI client: which socket to trust, and what whois, status and serve-config say.
+"""The tailscaled LocalAPI client: which socket to trust, and what whois, status and serve-config
+say.
 
-Why stdlib ``http.client`` over AF_UNIX, not tslocal: tslocal (1.1) keeps one client whose connection is
-not safe to share between threads and has no timeout, and a guard that waits on tailscaled must never hang
-a worker or mix two threads' answers. Here every call opens its own connection (``Connection: close``), so
-threads share nothing; one deadline covers connect, the request and the whole response read (a server that
-trickles a byte at a time is cut off at the deadline, not per byte); the response is bounded (headers and
-body) before anything is parsed. ``http.client`` only parses the status line, headers and chunked body.
+Why stdlib ``http.client`` over AF_UNIX, not tslocal: tslocal (1.1) keeps one client whose
+connection is not safe to share between threads and has no timeout, and a guard that waits on
+tailscaled must never hang a worker or mix two threads' answers. Here every call opens its own
+connection (``Connection: close``), so threads share nothing; one deadline covers connect, the
+request and the whole response read (a server that trickles a byte at a time is cut off at the
+deadline, not per byte); the response is bounded (headers and body) before anything is parsed.
+``http.client`` only parses the status line, headers and chunked body.
 
-What is refused (always ``LocalAPIError``, never "not a peer"): no answer in time, a refused connection, a
-listener that is neither root nor this process's user, any status but 200 (and, for whois, 404 with
-tailscaled's own "no match" text, which is the one "not a peer" answer), a body over ``max_body``, a body
-that is not the JSON shape expected.
+What is refused (always ``LocalAPIError``, never "not a peer"): no answer in time, a refused
+connection, a listener that is neither root nor this process's user, any status but 200 (except,
+for whois, a 404 with tailscaled's own "no match" text: the one "not a peer" answer), a body over
+``max_body``, a body that is not the JSON shape expected.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ _NO_MATCH = b"no match for IP:port"
 
 
 class LocalAPIError(Exception):
-    """tailscaled gave no usable answer. The message says what (safe to log: no secret, bounded length).
+    """tailscaled gave no usable answer. The message says what (safe to log: no secret, bounded
+    length).
 
     ``unreachable`` is True only when nothing listens (no socket file, ECONNREFUSED): tailscaled is not
     running, so it relays nothing. A timeout, 403, 5xx, a bad or huge body: ``unreachable`` False.
@@ -72,17 +75,18 @@ class TailscaledStatus:
 def find_socket(configured: str | os.PathLike[str] | None) -> SocketChoice:
     """The LocalAPI socket to use, and whether it may be trusted.
 
-    ``configured`` (TAILNET_TAILSCALED_SOCKET) when given: any absolute path, /tmp/tailscaled.sock included;
-    a named socket that does not exist yet is used (tailscaled may start after the app) when the directories
-    above it pass the rule. Else the first of SOCKET_PATHS that exists; none: ``SocketChoice(None, None)``.
+    ``configured`` (TAILNET_TAILSCALED_SOCKET) when given: any absolute path, /tmp/tailscaled.sock
+    included; a named socket that does not exist yet is used (tailscaled may start after the app) when
+    the directories above it pass the rule. Else the first of SOCKET_PATHS that exists; none:
+    ``SocketChoice(None, None)``.
 
-    Refused (path None, problem says why): a relative path; something that is not a socket; a socket, or a
-    directory above it (through symlinks, on the path as written and as resolved), owned by anyone but root
-    or this process's euid; a directory writable by group or others, unless it has the sticky bit (such as
-    /tmp). Sticky directories are allowed because there nobody can replace or remove an entry owned by
-    someone else, and the entry below is held to the owner rule; a socket not created yet in one could be
-    planted by anyone, which is why ``LocalAPI`` also checks, per connection, that the listener is root or
-    this euid (SO_PEERCRED).
+    Refused (path None, problem says why): a relative path; something that is not a socket; a socket, or
+    a directory above it (through symlinks, on the path as written and as resolved), owned by anyone but
+    root or this process's euid; a directory writable by group or others, unless it has the sticky bit
+    (such as /tmp). Sticky directories are allowed because there nobody can replace or remove an entry
+    owned by someone else, and the entry below is held to the owner rule; a socket not created yet in
+    one could be planted by anyone, which is why ``LocalAPI`` also checks, per connection, that the
+    listener is root or this euid (SO_PEERCRED).
     """
     if configured is not None:
         path = os.fspath(configured)
@@ -115,7 +119,8 @@ def _trusted_uid(uid: int) -> bool:
 
 
 def _chain_problem(path: str, *, leaf: bool) -> str | None:
-    """Why ``path`` (its directories and, when ``leaf``, itself) could have been put there by someone else."""
+    """Why ``path`` (its directories and, when ``leaf``, itself) could have been put there by
+    someone else."""
     parts = path.split("/")[1:]
     names = ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
     if not leaf:
@@ -124,21 +129,22 @@ def _chain_problem(path: str, *, leaf: bool) -> str | None:
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            # Every directory above passed, so only root or this user can create the rest (or anyone, in a
-            # sticky directory: then the per-connection listener check in LocalAPI still applies).
+            # Every directory above passed, so only root or this user can create the rest (or
+            # anyone, in a sticky directory: the per-connection listener check covers that).
             return None
         except OSError:
             return f"{current} cannot be examined"
         if not _trusted_uid(st.st_uid):
             return f"{current} is owned by uid {st.st_uid}"
-        if stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            if not st.st_mode & stat.S_ISVTX:
-                return f"{current} is writable by group or others"
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if stat.S_ISDIR(st.st_mode) and writable and not st.st_mode & stat.S_ISVTX:
+            return f"{current} is writable by group or others"
     return None
 
 
 class LocalAPI:
-    """tailscaled's LocalAPI at ``path``. Safe to call from many threads at once (one connection per call)."""
+    """tailscaled's LocalAPI at ``path``. Safe to call from many threads at once (one connection per
+    call)."""
 
     def __init__(self, path: str, *, timeout: float = 1.0, max_body: int = 1 << 20) -> None:
         self.path = path
@@ -146,7 +152,8 @@ class LocalAPI:
         self.max_body = max_body
 
     def whois(self, address: str, port: int | None = None) -> TailscaleIdentity | None:
-        """The peer behind ``address`` (and ``port``), or None when tailscaled answers 404 "no match".
+        """The peer behind ``address`` (and ``port``), or None when tailscaled answers 404 "no
+        match".
 
         Raises LocalAPIError for anything else that is not a 200 with a body parse_whois accepts, and
         ValueError for an address that is not an IP or a port outside 0..65535. Unmaps IPv4-mapped
@@ -171,7 +178,8 @@ class LocalAPI:
             raise LocalAPIError(f"tailscaled whois answer refused: {error}") from None
 
     def status(self) -> TailscaledStatus:
-        """``/localapi/v0/status?peers=false``; LocalAPIError unless it has the fields of ipnstate.Status."""
+        """``/localapi/v0/status?peers=false``; LocalAPIError unless it has the fields of
+        ipnstate.Status."""
         document = self._json(*self._get("/localapi/v0/status?peers=false"), "status")
         try:
             return _parse_status(document)
@@ -179,7 +187,8 @@ class LocalAPI:
             raise LocalAPIError(f"tailscaled status answer refused: {error}") from None
 
     def serve_config(self) -> dict[str, Any]:
-        """``/localapi/v0/serve-config``: the ServeConfig object (``{}`` when none is set: tailscaled says null)."""
+        """``/localapi/v0/serve-config``: the ServeConfig object (``{}`` when none is set:
+        tailscaled says null)."""
         document = self._json(*self._get("/localapi/v0/serve-config"), "serve-config")
         if document is None:
             return {}
@@ -188,7 +197,8 @@ class LocalAPI:
         return document
 
     def daemon_uid(self) -> int | None:
-        """The uid of the process listening on the socket (SO_PEERCRED), or None when it cannot be known."""
+        """The uid of the process listening on the socket (SO_PEERCRED), or None when it cannot be
+        known."""
         try:
             with self._connect(time.monotonic() + self.timeout) as sock:
                 return _peer_uid(sock)
@@ -307,7 +317,8 @@ class _TooLong(Exception):
 
 
 class _DeadlineReader(io.RawIOBase):
-    """A socket's bytes, each read bounded by what is left of one deadline, all of them by ``limit``."""
+    """A socket's bytes, each read bounded by what is left of one deadline, all of them by
+    ``limit``."""
 
     def __init__(self, sock: socket.socket, deadline: float, limit: int) -> None:
         self._sock = sock

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from flask_tailnet import TailnetGuard, current_peer
 from flask_tailnet.pamauth import pam_problem
+
 from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
 
 TAILNET_PEER = "100.64.0.7"

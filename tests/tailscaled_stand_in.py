@@ -1,18 +1,18 @@
 """A stand-in tailscaled: its LocalAPI wire format over a real unix socket, programmable from tests.
 
-Follows tailscale v1.103 (ipn/localapi/localapi.go ServeHTTP, validHost, serveWhoIsWithBackend, serveStatus;
-ipn/localapi/serve.go; ipn/ipnlocal/local.go WhoIs; proxymap/proxymap.go):
+Follows tailscale v1.103 (ipn/localapi/localapi.go ServeHTTP, validHost, serveWhoIsWithBackend,
+serveStatus; ipn/localapi/serve.go; ipn/ipnlocal/local.go WhoIs; proxymap/proxymap.go):
 - 403 ``invalid localapi request`` for a Referer, an Origin, or a Host other than empty or
   ``local-tailscaled.sock``; 400 for an HTTP/1.1 request with no Host at all (Go's server);
-- errors as Go's http.Error writes them (text/plain; charset=utf-8, the message and a newline); an unknown path
-  is ``404 page not found``;
-- whois: ``addr`` an IP or IP:port ([v6]:port), unmapped; a node's own address answers at once; otherwise,
-  with a port, the proxy map is searched (only ``proto``'s map when given, else TCP then UDP), each key
-  re-checked after sleeps of 0/10/20/50/100 ms, so a registration that arrives during the wait is found; the
-  map gives a tailnet IP that must be a known node. JSON indented with tabs (json.MarshalIndent "", "\\t"),
-  ``CapMap`` null when the peer has none;
-- status: json.Encoder with SetIndent("", "\\t") (a trailing newline); serve-config: compact json.Marshal
-  with an Etag, ``null`` when nothing is served;
+- errors as Go's http.Error writes them (text/plain; charset=utf-8, the message and a newline); an
+  unknown path is ``404 page not found``;
+- whois: ``addr`` an IP or IP:port ([v6]:port), unmapped; a node's own address answers at once;
+  otherwise, with a port, the proxy map is searched (only ``proto``'s map when given, else TCP then
+  UDP), each key re-checked after sleeps of 0/10/20/50/100 ms, so a registration that arrives during
+  the wait is found; the map gives a tailnet IP that must be a known node. JSON indented with tabs
+  (json.MarshalIndent "", "\\t"), ``CapMap`` null when the peer has none;
+- status: json.Encoder with SetIndent("", "\\t") (a trailing newline); serve-config: compact
+  json.Marshal with an Etag, ``null`` when nothing is served;
 - every answer has ``Tailscale-Version``.
 """
 
@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -125,13 +125,13 @@ class StandInTailscaled:
             "Addresses": prefixes,
             "AllowedIPs": prefixes,
             "HomeDERP": 1,
-            "Hostinfo": {"OS": "linux", "Hostname": node.split(".")[0]},
+            "Hostinfo": {"OS": "linux", "Hostname": node.split(".", maxsplit=1)[0]},
             "Created": "2026-01-01T00:00:00Z",
             "Cap": 130,
             "Online": True,
             "MachineAuthorized": True,
-            "ComputedName": node.split(".")[0],
-            "ComputedNameWithHost": node.split(".")[0],
+            "ComputedName": node.split(".", maxsplit=1)[0],
+            "ComputedNameWithHost": node.split(".", maxsplit=1)[0],
         }
         if sharer is not None:
             node_doc["Sharer"] = sharer
@@ -152,8 +152,8 @@ class StandInTailscaled:
         return answer
 
     def register_tcp(self, key: str, peer_address: str) -> None:
-        """The proxy map, as netstack's forwardTCP fills it: the dialling socket's "127.0.0.1:PORT" -> the peer.
-        ``peer_address`` may carry a port; tailscaled keeps only the IP."""
+        """The proxy map, as netstack's forwardTCP fills it: the dialling socket's "127.0.0.1:PORT"
+        -> the peer. ``peer_address`` may carry a port; tailscaled keeps only the IP."""
         with self.lock:
             self.tcp_map[_canonical_key(key)] = _ip_only(peer_address)
 
@@ -340,8 +340,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
 @contextmanager
 def running_tailscaled(directory: str | os.PathLike[str]) -> Iterator[StandInTailscaled]:
-    """A stand-in tailscaled listening on ``directory``/tailscaled.sock (mode 0666, as tailscaled makes it),
-    stopped and removed at the end of the ``with``."""
+    """A stand-in tailscaled listening on ``directory``/tailscaled.sock (mode 0666, as tailscaled
+    makes it), stopped and removed at the end of the ``with``."""
     path = os.path.join(os.fspath(directory), "tailscaled.sock")
     state = StandInTailscaled(path)
     server = _Server(state)
@@ -356,16 +356,15 @@ def running_tailscaled(directory: str | os.PathLike[str]) -> Iterator[StandInTai
         server.shutdown()
         server.server_close()
         thread.join(5)
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 @contextmanager
 def trusted_directory() -> Iterator[Path]:
-    """A fresh directory in the system temp directory (short: a unix socket path has at most 107 bytes),
-    owned by this user, mode 0700, so a socket there passes find_socket; removed at the end."""
+    """A fresh directory in the system temp directory (short: a unix socket path has at most 107
+    bytes), owned by this user, mode 0700, so a socket there passes find_socket; removed at the end.
+    """
     path = Path(tempfile.mkdtemp(prefix="ts-"))
     try:
         path.chmod(0o700)
