@@ -36,11 +36,11 @@ def parse_whois(document: object) -> TailscaleIdentity:
     """The identity in a decoded ``/localapi/v0/whois`` answer (apitype.WhoIsResponse).
 
     Refuses (ValueError) anything that is not that shape: a non-object, ``Node`` or ``UserProfile``
-    missing or not objects, a ``StableID``/``Name``/``LoginName``/``DisplayName`` that is not a string
-    (or an empty ``StableID``/``LoginName``), addresses that are not a non-empty list of IP prefixes,
-    tags that are not ``tag:`` strings, a ``CapMap`` that is not an object of lists. ``CapMap`` null or
-    absent: no capabilities. The node's own ``Node.CapMap`` (node attributes) is never read as app
-    capabilities.
+    missing or not objects, a ``StableID``/``Name``/``LoginName``/``DisplayName`` that is not a
+    string (or an empty ``StableID``/``LoginName``), addresses that are not a non-empty list of IP
+    prefixes, tags that are not ``tag:`` strings, a ``CapMap`` that is not an object of lists.
+    ``CapMap`` null or absent: no capabilities. The node's own ``Node.CapMap`` (node attributes) is
+    never read as app capabilities.
     """
     if not isinstance(document, dict):
         raise ValueError("whois answer is not a JSON object")

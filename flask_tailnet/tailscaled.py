@@ -48,8 +48,9 @@ class LocalAPIError(Exception):
     """tailscaled gave no usable answer. The message says what (safe to log: no secret, bounded
     length).
 
-    ``unreachable`` is True only when nothing listens (no socket file, ECONNREFUSED): tailscaled is not
-    running, so it relays nothing. A timeout, 403, 5xx, a bad or huge body: ``unreachable`` False.
+    ``unreachable`` is True only when nothing listens (no socket file, ECONNREFUSED): tailscaled
+    is not running, so it relays nothing. A timeout, 403, 5xx, a bad or huge body:
+    ``unreachable`` False.
     """
 
     def __init__(self, message: str, *, unreachable: bool = False) -> None:
@@ -76,17 +77,17 @@ def find_socket(configured: str | os.PathLike[str] | None) -> SocketChoice:
     """The LocalAPI socket to use, and whether it may be trusted.
 
     ``configured`` (TAILNET_TAILSCALED_SOCKET) when given: any absolute path, /tmp/tailscaled.sock
-    included; a named socket that does not exist yet is used (tailscaled may start after the app) when
-    the directories above it pass the rule. Else the first of SOCKET_PATHS that exists; none:
+    included; a named socket that does not exist yet is used (tailscaled may start after the app)
+    when the directories above it pass the rule. Else the first of SOCKET_PATHS that exists; none:
     ``SocketChoice(None, None)``.
 
-    Refused (path None, problem says why): a relative path; something that is not a socket; a socket, or
-    a directory above it (through symlinks, on the path as written and as resolved), owned by anyone but
-    root or this process's euid; a directory writable by group or others, unless it has the sticky bit
-    (such as /tmp). Sticky directories are allowed because there nobody can replace or remove an entry
-    owned by someone else, and the entry below is held to the owner rule; a socket not created yet in
-    one could be planted by anyone, which is why ``LocalAPI`` also checks, per connection, that the
-    listener is root or this euid (SO_PEERCRED).
+    Refused (path None, problem says why): a relative path; something that is not a socket; a
+    socket, or a directory above it (through symlinks, on the path as written and as resolved),
+    owned by anyone but root or this process's euid; a directory writable by group or others, unless
+    it has the sticky bit (such as /tmp). Sticky directories are allowed because there nobody can
+    replace or remove an entry owned by someone else, and the entry below is held to the owner
+    rule; a socket not created yet in one could be planted by anyone, which is why ``LocalAPI`` also
+    checks, per connection, that the listener is root or this euid (SO_PEERCRED).
     """
     if configured is not None:
         path = os.fspath(configured)
@@ -155,10 +156,11 @@ class LocalAPI:
         """The peer behind ``address`` (and ``port``), or None when tailscaled answers 404 "no
         match".
 
-        Raises LocalAPIError for anything else that is not a 200 with a body parse_whois accepts, and
-        ValueError for an address that is not an IP or a port outside 0..65535. Unmaps IPv4-mapped
-        addresses; always sends proto=tcp (with a port, tailscaled would otherwise also search its UDP map,
-        whose keys a remote peer chooses). IPv6 with a port is [addr]:port.
+        Raises LocalAPIError for anything else that is not a 200 with a body parse_whois accepts,
+        and ValueError for an address that is not an IP or a port outside 0..65535. Unmaps
+        IPv4-mapped addresses; always sends proto=tcp (with a port, tailscaled would otherwise
+        also search its UDP map, whose keys a remote peer chooses). IPv6 with a port is
+        [addr]:port.
         """
         ip = ipaddress.ip_address(address)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -210,8 +212,16 @@ class LocalAPI:
     def _connect(self, deadline: float) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.connect(self.path)
+            while True:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    sock.connect(self.path)
+                    return sock
+                except BlockingIOError:
+                    # A full listen backlog: tailscaled is busy, not gone; wait within the deadline.
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError from None
+                    time.sleep(0.002)
         except (FileNotFoundError, ConnectionRefusedError) as error:
             sock.close()
             raise LocalAPIError(
@@ -224,7 +234,6 @@ class LocalAPI:
         except OSError as error:
             sock.close()
             raise LocalAPIError(f"cannot connect to {self.path}: {error.strerror}") from None
-        return sock
 
     def _get(self, target: str) -> tuple[int, bytes]:
         deadline = time.monotonic() + self.timeout
@@ -245,12 +254,12 @@ class LocalAPI:
                 reader = _DeadlineReader(sock, deadline, _MAX_HEAD + self.max_body)
                 response = http.client.HTTPResponse(_Source(reader))  # type: ignore[arg-type]
                 response.begin()
-                body = response.read(self.max_body + 1)
+                body = response.read()  # bounded: the reader stops at max_body plus the head
             except _TooLong:
                 raise LocalAPIError("tailscaled's answer is larger than allowed") from None
             except TimeoutError:
                 raise LocalAPIError(f"tailscaled did not answer within {self.timeout:g}s") from None
-            except (http.client.HTTPException, OSError, ValueError) as error:
+            except (http.client.HTTPException, OSError, ValueError) as error:  # IncompleteRead too
                 raise LocalAPIError(
                     f"tailscaled's answer is not HTTP ({type(error).__name__})"
                 ) from None
@@ -263,7 +272,7 @@ class LocalAPI:
             raise LocalAPIError(f"tailscaled answered {what} with {status}: {_prefix(body)}")
         try:
             return json.loads(body, parse_constant=_no_constant)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise LocalAPIError(
                 f"tailscaled's {what} answer is not JSON: {_prefix(body)}"
             ) from None

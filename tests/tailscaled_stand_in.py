@@ -89,6 +89,9 @@ class StandInTailscaled:
         self.trickle: float = 0.0  # seconds between bytes of raw_answer
         self.delay: float = 0.0
         self.whois_calls: list[str] = []
+        self.requests: list[
+            tuple[str, dict[str, str]]
+        ] = []  # (request target, headers) of each request
 
     def add_peer(
         self,
@@ -241,6 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         state = self.server.state
+        with state.lock:
+            state.requests.append((self.path, dict(self.headers.items())))
         if self.headers.get("Host") is None:
             self._error(400, "Bad Request: missing required Host header")
             return
@@ -332,6 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128
 
     def __init__(self, state: StandInTailscaled) -> None:
         self.state = state
