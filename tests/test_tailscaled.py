@@ -853,3 +853,46 @@ def test_uncached_whois_round_trip(
     per_call = (time.perf_counter() - started) / rounds * 1e6
     with capsys.disabled():
         print(f"\nuncached whois round trip against the stand-in: {per_call:.0f} µs")
+
+
+def test_a_full_listen_backlog_is_waited_for_not_an_error() -> None:
+    """A unix socket's connect() fails with EAGAIN at once while the backlog is full: tailscaled is
+    busy, not gone, and a burst of requests must not turn into errors."""
+    with trusted_directory() as directory:
+        path = str(directory / "tailscaled.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(0)
+        stop = threading.Event()
+
+        def serve_slowly() -> None:
+            while not stop.is_set():
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\nno match for IP:port\n"
+                    )
+                time.sleep(0.01)
+
+        server = threading.Thread(target=serve_slowly, daemon=True)
+        server.start()
+        results: list[object] = []
+
+        def ask() -> None:
+            try:
+                results.append(LocalAPI(path, timeout=10).whois("127.0.0.1", 40004))
+            except LocalAPIError as error:
+                results.append(str(error))
+
+        askers = [threading.Thread(target=ask) for _ in range(10)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(15)
+        stop.set()
+        with socket.socket(socket.AF_UNIX) as wake:
+            wake.connect(path)
+        server.join(5)
+        listener.close()
+    assert results == [None] * 10
