@@ -109,7 +109,10 @@ def _judge(path: str, *, must_exist: bool) -> SocketChoice:
         if problem is not None:
             return SocketChoice(None, f"{path} is not trusted: {problem}")
     if exists:
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError as error:
+            return SocketChoice(None, f"{path} cannot be examined: {error.strerror}")
         if not stat.S_ISSOCK(st.st_mode):
             return SocketChoice(None, f"{path} is not a socket")
     return SocketChoice(path, None)

@@ -35,6 +35,7 @@ PEER = "100.64.10.7"
 PEER6 = "fd7a:115c:a1e0::a07"
 SELF = "100.64.10.1"
 NOBODY = 65534
+NO_MATCH_404 = b"HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\nno match for IP:port\n"
 
 
 def api(stand_in: StandInTailscaled, **options: Any) -> LocalAPI:
@@ -726,6 +727,12 @@ def _symlinked_dir_to_untrusted(d: Path) -> str:
     return str(d / "run" / "tailscaled.sock")
 
 
+def _symlink_loop(d: Path) -> str:
+    (d / "a.sock").symlink_to(d / "b.sock")
+    (d / "b.sock").symlink_to(d / "a.sock")
+    return str(d / "a.sock")
+
+
 def _not_yet_started(d: Path) -> str:
     return str(d / "tailscaled.sock")
 
@@ -759,6 +766,7 @@ TRUST: list[Any] = [
     pytest.param(_symlink_to_untrusted, False, "writable", id="symlink-to-socket-in-untrusted-dir"),
     pytest.param(_symlink_to_trusted, True, None, id="symlink-to-socket-in-trusted-dir"),
     pytest.param(_symlinked_dir_to_untrusted, False, "writable", id="symlinked-dir-to-untrusted"),
+    pytest.param(_symlink_loop, False, "cannot be examined", id="symlink-loop"),
     pytest.param(_not_yet_started, True, None, id="named-socket-not-yet-started"),
     pytest.param(_not_yet_started_in_untrusted_dir, False, "writable",
                  id="named-socket-not-yet-started-in-untrusted-dir"),
@@ -870,9 +878,7 @@ def test_a_full_listen_backlog_is_waited_for_not_an_error() -> None:
                 connection, _ = listener.accept()
                 with connection:
                     connection.recv(65536)
-                    connection.sendall(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 21\r\n\r\nno match for IP:port\n"
-                    )
+                    connection.sendall(NO_MATCH_404)
                 time.sleep(0.01)
 
         server = threading.Thread(target=serve_slowly, daemon=True)
