@@ -372,12 +372,15 @@ def _listener_as(uid: int, directory: Path) -> Iterator[str]:
         "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o666)\n"
         f"os.setgid({uid}); os.setuid({uid}); s.listen(8); print('ready', flush=True)\n"
         "while True:\n"
-        "    c, _ = s.accept(); c.recv(65536)\n"
-        "    c.sendall(b'HTTP/1.1 404 Not Found\\r\\nContent-Length: 21\\r\\n\\r\\n"
-        "no match for IP:port\\n'); c.close()\n"
+        "    c, _ = s.accept()\n"
+        "    try: c.recv(65536); c.sendall(sys.argv[2].encode('latin-1'))\n"
+        "    except OSError: pass\n"  # a client that hung up (daemon_uid asks nothing)
+        "    c.close()\n"
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", script, path], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, path, NO_MATCH_404.decode("latin-1")],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
