@@ -118,6 +118,8 @@ def parse_whois(document: object) -> TailscaleIdentity:
         raise ValueError("whois Node.Name is not a DNS name")
     tags = tuple(_tag(t) for t in _list(node, "Tags", MAX_TAGS))
     addresses = tuple(_address(a) for a in _list(node, "Addresses", MAX_ADDRESSES))
+    if not addresses:  # whois finds nodes by address: a node without one is not its answer
+        raise ValueError("whois Node has no Addresses")
     login_name = _text(profile, "LoginName", MAX_LOGIN)
     if not login_name.isprintable() or any(c.isspace() for c in login_name):
         raise ValueError("whois UserProfile.LoginName has spaces or control characters")
