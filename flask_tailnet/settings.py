@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 from .addresses import Network, parse_networks
 from .hosts import HostRule, parse_host_rule
+from .identity import OPEN, IdentityRule
 
 PolicyName = Literal["tailnet", "local", "any"]
 AuthName = Literal["auto", "pam", "password", "token"]
+IdentityName = Literal["auto", "required", "off"]
 
 #: Which socket peers may be served at all: ``"tailnet"`` (Tailscale's ranges and loopback),
 #: ``"local"`` (also RFC 1918, fc00::/7 and link-local) or ``"any"``.
@@ -71,6 +73,28 @@ BIND = "TAILNET_BIND"
 #: container whose published port is bound to a tailnet address (``-p 100.x.y.z:8000:8000``).
 ALLOW_WILDCARD_BIND = "TAILNET_ALLOW_WILDCARD_BIND"
 
+#: Whether to ask tailscaled who a peer is: ``"auto"`` (when its socket is found and trusted),
+#: ``"required"`` (a tailnet peer whose identity cannot be established is refused, 403) or
+#: ``"off"``.
+IDENTITY = "TAILNET_IDENTITY"
+#: The absolute path of tailscaled's LocalAPI socket. Default: the first of
+#: ``/var/run/tailscale/tailscaled.sock`` and ``/run/tailscale/tailscaled.sock`` that exists.
+TAILSCALED_SOCKET = "TAILNET_TAILSCALED_SOCKET"
+#: Tailscale login names (case-insensitive) and ``*@domain`` entries; a remote peer must be one of
+#: them (or carry one of the allowed tags). A user entry never matches a tagged node.
+ALLOWED_USERS = "TAILNET_ALLOWED_USERS"
+#: ACL tags (``tag:name``); a remote peer must carry one of them (or be one of the allowed users).
+ALLOWED_TAGS = "TAILNET_ALLOWED_TAGS"
+#: An app capability (``example.com/cap/myapp``) a remote peer must be granted in the tailnet
+#: policy.
+REQUIRED_CAPABILITY = "TAILNET_REQUIRED_CAPABILITY"
+#: Admit a peer whose Tailscale identity passes the three gates above without a credential. Needs at
+#: least one of them set.
+TAILSCALE_LOGIN = "TAILNET_TAILSCALE_LOGIN"
+#: Whether tailscaled runs in userspace-networking mode (and so dials the app from 127.0.0.1):
+#: ``"auto"`` (ask tailscaled), ``True`` or ``False``.
+USERSPACE = "TAILNET_USERSPACE"
+
 #: gunicorn's port, for a bind spec without one and for the default binds (``$PORT`` overrides it
 #: there, as gunicorn reads it).
 DEFAULT_PORT = 8000
@@ -97,6 +121,13 @@ DEFAULTS: Mapping[str, Any] = {
     RATELIMIT_STORAGE_URI: "memory://",
     BIND: (),
     ALLOW_WILDCARD_BIND: False,
+    IDENTITY: "auto",
+    TAILSCALED_SOCKET: None,
+    ALLOWED_USERS: (),
+    ALLOWED_TAGS: (),
+    REQUIRED_CAPABILITY: None,
+    TAILSCALE_LOGIN: False,
+    USERSPACE: "auto",
 }
 
 
@@ -126,6 +157,12 @@ class Settings:
     ratelimit_storage_uri: str
     bind: tuple[str, ...]
     allow_wildcard_bind: bool
+    # Defaults, so that a Settings built field by field (tests, other tools) stays valid.
+    identity: IdentityName = "auto"
+    tailscaled_socket: str | None = None
+    identity_rule: IdentityRule = OPEN
+    tailscale_login: bool = False
+    userspace: Literal["auto"] | bool = "auto"
 
 
 def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Settings:
@@ -194,7 +231,72 @@ def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Set
         ratelimit_storage_uri=_text(RATELIMIT_STORAGE_URI, get(RATELIMIT_STORAGE_URI)),
         bind=_binds(get(BIND)),
         allow_wildcard_bind=allow_wildcard_bind,
+        **_identity_settings(get),
     )
+
+
+def _identity_settings(get: Callable[[str], Any]) -> dict[str, Any]:
+    """The settings of Tailscale identity, checked together: gates that could never pass (identity
+    off) and a Tailscale login that no gate narrows are refused."""
+    identity = get(IDENTITY)
+    if identity not in ("auto", "required", "off"):
+        raise ConfigurationError(
+            f"{IDENTITY} is {identity!r}; use 'auto' (the default), 'required' or 'off'"
+        )
+    socket = get(TAILSCALED_SOCKET)
+    if socket is not None:
+        if not isinstance(socket, str | os.PathLike) or not os.fspath(socket):
+            raise ConfigurationError(f"{TAILSCALED_SOCKET} must be a path, not {socket!r}")
+        socket = os.fspath(socket)
+        if not isinstance(socket, str) or not os.path.isabs(socket) or "\0" in socket:
+            raise ConfigurationError(
+                f"{TAILSCALED_SOCKET} is {socket!r}; give the socket's absolute path, such as "
+                "/var/run/tailscale/tailscaled.sock (or /tmp/tailscaled.sock in the official "
+                "container)"
+            )
+    users = _entries(ALLOWED_USERS, get(ALLOWED_USERS))
+    tags = _entries(ALLOWED_TAGS, get(ALLOWED_TAGS))
+    capability = get(REQUIRED_CAPABILITY)
+    for key, arguments in (
+        (ALLOWED_USERS, {"users": users}),
+        (ALLOWED_TAGS, {"tags": tags}),
+        (REQUIRED_CAPABILITY, {"capability": capability}),
+    ):
+        try:
+            IdentityRule.parse(**arguments)
+        except ValueError as exc:
+            raise ConfigurationError(f"{key}: {exc}") from None
+    rule = IdentityRule.parse(users, tags, capability)
+    tailscale_login = get(TAILSCALE_LOGIN)
+    if not isinstance(tailscale_login, bool):
+        raise ConfigurationError(
+            f"{TAILSCALE_LOGIN} must be True or False, not {tailscale_login!r}"
+        )
+    if tailscale_login and not rule.restricts:
+        raise ConfigurationError(
+            f"{TAILSCALE_LOGIN} lets peers in without a credential, so it needs a gate: set "
+            f"{ALLOWED_USERS}, {ALLOWED_TAGS} or {REQUIRED_CAPABILITY}. Without one, every node "
+            "that can reach the app would be let in, a node shared into your tailnet too, and "
+            "that node is someone else's"
+        )
+    if identity == "off" and (rule.restricts or tailscale_login):
+        raise ConfigurationError(
+            f"{IDENTITY} is 'off', so no peer has a Tailscale identity and "
+            f"{ALLOWED_USERS}, {ALLOWED_TAGS}, {REQUIRED_CAPABILITY} and {TAILSCALE_LOGIN} "
+            f"could never pass: set {IDENTITY} to 'auto' or 'required', or remove them"
+        )
+    userspace = get(USERSPACE)
+    if userspace != "auto" and not isinstance(userspace, bool):
+        raise ConfigurationError(
+            f"{USERSPACE} is {userspace!r}; use 'auto' (the default: ask tailscaled), True or False"
+        )
+    return {
+        "identity": identity,
+        "tailscaled_socket": socket,
+        "identity_rule": rule,
+        "tailscale_login": tailscale_login,
+        "userspace": userspace,
+    }
 
 
 _PAM_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -20,6 +20,8 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from flask_tailnet import TailnetGuard, current_peer
 from flask_tailnet.pamauth import pam_problem
 
+from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
+
 TAILNET_PEER = "100.64.0.7"
 TAILNET_HOST = "100.64.0.1:5000"
 
@@ -46,6 +48,13 @@ def make_app(state_dir: Path, **settings: Any) -> Flask:
         return "ok"
 
     return app
+
+
+@pytest.fixture
+def tailscaled() -> Iterator[StandInTailscaled]:
+    """A running stand-in tailscaled, its socket in a fresh directory of this user's (mode 0700)."""
+    with trusted_directory() as directory, running_tailscaled(directory) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture
