@@ -233,13 +233,17 @@ def status_command() -> None:
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind, conf.network),
     ]
     snapshot = state.identify.watch.refresh()
-    lines += [f"{'tailscaled:' if i == 0 else '':<17} {line}" for i, line in enumerate(describe(snapshot))]
+    lines += [
+        f"{'tailscaled:' if i == 0 else '':<17} {line}" for i, line in enumerate(describe(snapshot))
+    ]
     lines.append(f"identity:         {_identity_summary(conf)}")
     relay_unknown = conf.local_bypass and snapshot.unknown
     identity_missing = conf.identity == "required" and not snapshot.reachable
     if identity_missing:
-        lines.append("                  UNUSABLE: 'required' but tailscaled does not answer: every "
-                     "remote peer is refused")
+        lines.append(
+            "                  UNUSABLE: 'required' but tailscaled does not answer: every "
+            "remote peer is refused"
+        )
     if state.credentials.pam is not None:
         for line in pam_status(state.credentials.pam):
             unsafe = unsafe or line.unsafe
@@ -301,9 +305,11 @@ def whois_command(address: str) -> None:
         f"node:          {identity.node} ({identity.node_id})" + (" = this node" if itself else ""),
         f"addresses:     {', '.join(identity.addresses)}",
         f"tags:          {', '.join(identity.tags) or 'none'}",
-        "capabilities:  " + (
+        "capabilities:  "
+        + (
             json.dumps({k: list(v) for k, v in identity.capabilities.items()}, sort_keys=True)
-            if identity.capabilities else "none"
+            if identity.capabilities
+            else "none"
         ),
     ]
     if itself:

@@ -359,12 +359,16 @@ def _log_tailscaled(state: GuardState) -> None:
     snapshot = state.identify.watch.current()
     text = "flask-tailnet: " + "; ".join(describe(snapshot))
     if state.settings.identity == "required" and not snapshot.reachable:
-        log.error("%s; TAILNET_IDENTITY is 'required': every remote peer is refused until "
-                  "tailscaled answers", text)
+        log.error(
+            "%s; TAILNET_IDENTITY is 'required': every remote peer is refused until "
+            "tailscaled answers",
+            text,
+        )
     elif snapshot.unknown or snapshot.problem is not None:
         log.warning("%s", text)
     else:
         log.info("%s", text)
+
 
 def _setting_key(name: str) -> str:
     upper = name.upper()

@@ -315,7 +315,9 @@ class Identify:
         )
         return self._cache.store(address, known)
 
-    def _decide(self, address: str, identity: TailscaleIdentity | None, *, via_proxy: bool) -> Verdict:
+    def _decide(
+        self, address: str, identity: TailscaleIdentity | None, *, via_proxy: bool
+    ) -> Verdict:
         """The verdict for a remote peer at ``address`` with ``identity``."""
         if identity is None and (self.mode == "required" or self.rule.restricts):
             return REFUSED

@@ -68,6 +68,8 @@ def logged_in(anonymous: Peer, method: Method, user: str | None = None) -> Peer:
     key = (anonymous.address, anonymous.via_proxy, method, user, anonymous.tailscale)
     peer = _LOGGED_IN.get(key)
     if peer is None:
-        peer = Peer(anonymous.address, method, user, False, anonymous.via_proxy, anonymous.tailscale)
+        peer = Peer(
+            anonymous.address, method, user, False, anonymous.via_proxy, anonymous.tailscale
+        )
         _LOGGED_IN_CACHE.store(key, peer, len(user or ""))
     return peer

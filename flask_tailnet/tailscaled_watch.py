@@ -147,7 +147,9 @@ class TailscaledWatch:
                     "but it is used only when named: set TAILNET_TAILSCALED_SOCKET to it"
                 )
                 # a tailscaled runs here that cannot be asked: it may be relaying
-                return _snapshot(socket=None, problem=problem, unknown=True, userspace=forced is True)
+                return _snapshot(
+                    socket=None, problem=problem, unknown=True, userspace=forced is True
+                )
             if forced is True:
                 return _snapshot(
                     socket=None,
@@ -205,7 +207,9 @@ def describe(snapshot: Snapshot) -> list[str]:
     if not snapshot.reachable:
         lines = [f"tailscaled: NOT READABLE: {snapshot.problem}"]
         if snapshot.unknown:
-            lines.append("loopback: NOT LOCAL: every loopback request must authenticate until it answers")
+            lines.append(
+                "loopback: NOT LOCAL: every loopback request must authenticate until it answers"
+            )
         else:
             lines.append("loopback: local (tailscaled is not running, so it relays nothing)")
         return lines
