@@ -9,10 +9,11 @@ from __future__ import annotations
 from importlib import metadata
 
 from .extension import TailnetGuard, current_peer
+from .identity import TailscaleIdentity
 from .peer import Peer
 from .settings import ConfigurationError
 
-__all__ = ["ConfigurationError", "Peer", "TailnetGuard", "current_peer"]
+__all__ = ["ConfigurationError", "Peer", "TailnetGuard", "TailscaleIdentity", "current_peer"]
 
 try:
     #: The installed distribution's version, from its metadata.
