@@ -310,7 +310,7 @@ def whois_command(address: str) -> None:
     itself = bool(snapshot.self_addresses.intersection(identity.addresses))
     lines = [
         f"login:         {identity.login if identity.login is not None else '(tagged node)'}",
-        f"display name:  {identity.display_name}",
+        f"display name:  {_shown(identity.display_name)}",
         f"node:          {identity.node} ({identity.node_id})" + (" = this node" if itself else ""),
         f"addresses:     {', '.join(identity.addresses)}",
         f"tags:          {', '.join(identity.tags) or 'none'}",
@@ -347,6 +347,12 @@ def _whois_verdict(state: GuardState, ip: str, identity: TailscaleIdentity, *, i
     if conf.tailscale_login:
         return f"admitted by Tailscale login as {identity.login or identity.node}"
     return "admitted by the gates; must present a credential (Tailscale login is off)"
+
+
+def _shown(text: str) -> str:
+    """``text`` as is when every character prints; else escaped (a display name is chosen by its
+    user, who may be in another tailnet: a right-to-left override would reorder the line)."""
+    return text if text.isprintable() else ascii(text)
 
 
 def _json_value(value: object) -> object:

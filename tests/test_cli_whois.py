@@ -295,3 +295,20 @@ def test_whois_as_a_real_flask_process(tmp_path: Path, peers: StandInTailscaled)
     bad = flask_cli("tailnet", "whois", "100.64.6.7:99999", state_dir=tmp_path / "state", env=env)
     assert bad.returncode == 2
     assert "Invalid value for ADDRESS" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("display_name", "shown"),
+    [
+        pytest.param("Zoë Ünicode", "Zoë Ünicode", id="printable-unicode"),
+        pytest.param("evil\u202egnp.exe", "'evil\\u202egnp.exe'", id="right-to-left-override"),
+        pytest.param("a\u200bb", "'a\\u200bb'", id="zero-width-space"),
+    ],
+)
+def test_whois_escapes_a_display_name_that_would_not_print(
+    state_dir: Path, tailscaled: StandInTailscaled, display_name: str, shown: str
+) -> None:
+    tailscaled.add_peer(PEER, login="mallory@other.example", display_name=display_name)
+    code, out, _ = whois(state_dir, PEER, tailscaled_socket=tailscaled.path)
+    assert code == 0
+    assert out.splitlines()[1] == f"display name:  {shown}"
