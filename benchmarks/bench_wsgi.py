@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import gc
 import hmac
 import io
@@ -29,17 +30,20 @@ import logging
 import os
 import platform
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import flask
+import tailscaled_rows
 from flask import Flask
 
 from flask_tailnet import TailnetGuard
@@ -47,6 +51,9 @@ from flask_tailnet import TailnetGuard
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+
+#: Makes one request's environ from the prebuilt one.
+Fresh = Callable[["WSGIEnvironment"], "WSGIEnvironment"]
 
 LOOPBACK_ADDR = "127.0.0.1"
 LOOPBACK_HOST = "localhost:5000"
@@ -62,6 +69,11 @@ TG_TOKEN = "tailnet-guard, token"
 HTTPAUTH_TOKEN = "Flask-HTTPAuth, token"
 TN_SESSION = "flask-tailnet, session cookie"
 TN_BASIC = "flask-tailnet, Basic password"
+TN_PEER_IDENTITY = "flask-tailnet, token + identity (cached)"
+TN_TS_LOGIN = "flask-tailnet, Tailscale login (cached)"
+TN_TUN_LOOPBACK = "flask-tailnet, loopback, TUN tailscaled"
+TN_US_SAME = "flask-tailnet, loopback, userspace, one connection"
+TN_US_NEW = "flask-tailnet, loopback, userspace, new connections"
 #: The password of the Basic variant, set in the environment variable the guard reads.
 BASIC_PASSWORD_ENV = "BENCH_TAILNET_PASSWORD"
 BASIC_PASSWORD = "correct horse battery staple"
@@ -71,6 +83,12 @@ LOOPBACK_LIMIT = 1.03
 TOKEN_LIMIT = 1.08
 SESSION_LIMIT = 1.12
 BASIC_LIMIT = 1.15
+IDENTITY_TOKEN_LIMIT = 1.10
+TAILSCALE_LOGIN_LIMIT = 1.06
+TUN_LOOPBACK_LIMIT = 1.03
+#: Uncached whois calls timed (each one LocalAPI round trip to the stand-in).
+WHOIS_CALLS = 300
+QUICK_WHOIS_CALLS = 50
 
 DEFAULT_ROUNDS = 40
 DEFAULT_BATCH = 2000
@@ -145,9 +163,12 @@ def call_once(app: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, byte
     return (seen[-1] if seen else "<no status>"), body
 
 
-def time_batch(app: WSGIApplication, environ: WSGIEnvironment, n: int) -> float:
-    """Seconds per request over ``n`` requests, with the garbage collector paused."""
-    copy = environ.copy
+def time_batch(
+    app: WSGIApplication, environ: WSGIEnvironment, n: int, fresh: Fresh | None = None
+) -> float:
+    """Seconds per request over ``n`` requests, with the garbage collector paused. Each request
+    gets ``fresh(environ)`` when given (a new connection object per request), else a copy."""
+    copy = environ.copy if fresh is None else functools.partial(fresh, environ)
     start_response = _start_response
     gc.collect()
     gc.disable()
@@ -186,6 +207,8 @@ class Variant:
     app: WSGIApplication
     environ: WSGIEnvironment
     note: str = ""
+    #: Builds each request's environ from ``environ`` (default: a copy of it).
+    fresh: Fresh | None = None
 
 
 @dataclass
@@ -194,6 +217,8 @@ class Setup:
 
     variants: list[Variant] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: The TUN-mode stand-in, for the uncached whois figure.
+    tailscaled: Any = None
 
 
 def tailnet_variants(state_dir: Path) -> tuple[list[Variant], str]:
@@ -298,13 +323,91 @@ def httpauth_variants(token: str) -> list[Variant]:
     ]
 
 
-def build(state_dir: Path) -> Setup:
+def tailscaled_variants(
+    state_dir: Path,
+    tun: tailscaled_rows.StandInTailscaled,
+    userspace: tailscaled_rows.StandInTailscaled,
+    connections: list[socket.socket] | None,
+) -> list[Variant]:
+    """flask-tailnet asking a stand-in tailscaled: a tailnet peer with the token and its identity
+    cached; the same peer admitted by Tailscale login; loopback with a TUN-mode tailscaled
+    (nothing to ask); loopback with a userspace-mode one, on one connection and on new ones
+    (when ``connections`` could be made)."""
+    for stand_in in (tun, userspace):
+        tailscaled_rows.add_peer(stand_in, TAILNET_ADDR)
+    app = hello_app("bench_tailnet_identity")
+    TailnetGuard(app, state_dir=state_dir / "identity", tailscaled_socket=tun.path)
+    token = app.extensions["tailnet"].token_file.ensure().decode()
+    login_app = hello_app("bench_tailnet_login")
+    TailnetGuard(
+        login_app,
+        state_dir=state_dir / "login",
+        tailscaled_socket=tun.path,
+        tailscale_login=True,
+        allowed_users=[tailscaled_rows.PEER_LOGIN],
+    )
+    variants = [
+        Variant(
+            TN_PEER_IDENTITY,
+            app,
+            make_environ(TAILNET_ADDR, TAILNET_HOST, f"Bearer {token}"),
+            f"{TAILNET_ADDR}, Authorization: Bearer; whois answer cached (10 s)",
+        ),
+        Variant(
+            TN_TS_LOGIN,
+            login_app,
+            make_environ(TAILNET_ADDR, TAILNET_HOST),
+            f"{TAILNET_ADDR}, no credential; TAILNET_ALLOWED_USERS admits its login",
+        ),
+        Variant(
+            TN_TUN_LOOPBACK,
+            app,
+            make_environ(LOOPBACK_ADDR, LOOPBACK_HOST),
+            "127.0.0.1, no credential; tailscaled in TUN mode, nothing forwarded",
+        ),
+    ]
+    if connections is None:
+        return variants
+    userspace_app = hello_app("bench_tailnet_userspace")
+    TailnetGuard(userspace_app, state_dir=state_dir / "userspace", tailscaled_socket=userspace.path)
+    loopback = make_environ(LOOPBACK_ADDR, LOOPBACK_HOST)
+    return [
+        *variants,
+        Variant(
+            TN_US_SAME,
+            userspace_app,
+            tailscaled_rows.on_connection(loopback, connections[0]),
+            "127.0.0.1 on one live connection another user made (answer kept per connection)",
+        ),
+        Variant(
+            TN_US_NEW,
+            userspace_app,
+            tailscaled_rows.on_connection(loopback, connections[0]),
+            f"127.0.0.1, each request a connection not seen before ({len(connections)} live "
+            "ones in turn): one kernel lookup of its owner",
+            fresh=tailscaled_rows.new_connections(connections),
+        ),
+    ]
+
+
+def build(state_dir: Path, stack: ExitStack) -> Setup:
+    """The variants; the stand-in tailscaleds and the connections stay up until ``stack``
+    closes."""
     setup = Setup()
+    connections: list[socket.socket] | None
+    try:  # first: it forks, so no thread may run yet
+        connections = stack.enter_context(tailscaled_rows.other_user_connections())
+    except (PermissionError, OSError, RuntimeError) as exc:
+        connections = None
+        setup.skipped.append(f"the userspace-mode rows are skipped: {exc}")
     setup.variants.append(
         Variant(BARE, hello_app("bench_bare"), make_environ(LOOPBACK_ADDR, LOOPBACK_HOST))
     )
     tailnet, token = tailnet_variants(state_dir)
     setup.variants.extend(tailnet)
+    tun, userspace = stack.enter_context(tailscaled_rows.stand_ins())
+    setup.tailscaled = tun
+    setup.variants.extend(tailscaled_variants(state_dir, tun, userspace, connections))
     for label, builder in (
         ("tailnet-guard", tailnet_guard_variants),
         ("Flask-HTTPAuth", httpauth_variants),
@@ -364,7 +467,7 @@ def measure(
 ) -> dict[str, Result]:
     """Warm every variant up, then time ``rounds`` rounds of ``batch`` requests per variant."""
     for variant in variants:
-        time_batch(variant.app, variant.environ, max(batch // 4, 50))
+        time_batch(variant.app, variant.environ, max(batch // 4, 50), variant.fresh)
     results = {v.name: Result(v.name) for v in variants}
     count = len(variants)
     for index in range(rounds):
@@ -372,7 +475,7 @@ def measure(
         order = [*variants[shift:], *variants[:shift]]
         if index % (2 * count) >= count:
             order.reverse()  # vary the neighbours too, not only the positions
-        timings = {v.name: time_batch(v.app, v.environ, batch) for v in order}
+        timings = {v.name: time_batch(v.app, v.environ, batch, v.fresh) for v in order}
         bare = timings[BARE]
         for name, seconds in timings.items():
             results[name].seconds.append(seconds)
@@ -401,6 +504,21 @@ def evaluate_goals(results: dict[str, Result]) -> list[Goal]:
         (f"token <= {TOKEN_LIMIT:.2f}x bare", token, TOKEN_LIMIT),
         (f"session <= {SESSION_LIMIT:.2f}x bare", results[TN_SESSION].ratio, SESSION_LIMIT),
         (f"Basic password <= {BASIC_LIMIT:.2f}x bare", results[TN_BASIC].ratio, BASIC_LIMIT),
+        (
+            f"token + identity <= {IDENTITY_TOKEN_LIMIT:.2f}x bare",
+            results[TN_PEER_IDENTITY].ratio,
+            IDENTITY_TOKEN_LIMIT,
+        ),
+        (
+            f"Tailscale login <= {TAILSCALE_LOGIN_LIMIT:.2f}x bare",
+            results[TN_TS_LOGIN].ratio,
+            TAILSCALE_LOGIN_LIMIT,
+        ),
+        (
+            f"loopback, TUN tailscaled <= {TUN_LOOPBACK_LIMIT:.2f}x bare",
+            results[TN_TUN_LOOPBACK].ratio,
+            TUN_LOOPBACK_LIMIT,
+        ),
     ):
         ok = value <= limit
         margin = (value - limit) * 100
@@ -497,8 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("flask_tailnet").setLevel(logging.CRITICAL)
     state_dir = Path(tempfile.mkdtemp(prefix="bench-tailnet-"))
     started = time.perf_counter()
-    try:
-        setup = build(state_dir)
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
+        setup = build(state_dir, stack)
         variants = setup.variants
         check_variants(variants)
         print(
@@ -523,11 +642,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.unfreeze()
         if sys.stderr.isatty():
             print(file=sys.stderr)
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
+        calls = QUICK_WHOIS_CALLS if args.quick else WHOIS_CALLS
+        whois = tailscaled_rows.whois_microseconds(setup.tailscaled, TAILNET_ADDR, calls)
     goals = evaluate_goals(results)
     print()
     print(report(variants, results, goals, rounds, batch))
+    print(
+        f"\nuncached whois: {whois:.0f} us (median of {calls} LocalAPI calls to the stand-in "
+        "tailscaled, a Python thread of this process; paid once per peer address every 10 s)"
+    )
     print(f"\nwall time: {time.perf_counter() - started:.1f} s")
     failed = any(g.status == "FAIL" for g in goals)
     return 1 if args.check and failed else 0

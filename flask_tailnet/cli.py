@@ -13,7 +13,7 @@ import pwd
 import secrets
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from flask import current_app
 from flask.cli import AppGroup, ScriptInfo
 from werkzeug.security import generate_password_hash
 
-from .addresses import parse_ip
+from .addresses import is_loopback, is_tailnet, parse_ip
 from .binds import (
     BindRefused,
     binds_from_env,
@@ -31,6 +31,7 @@ from .binds import (
     single_port,
 )
 from .credentials import LoginCredentials
+from .identity import TailscaleIdentity
 from .machine import listening_ports, machine_addresses, tailnet_addresses
 from .masking import mask_uri
 from .pamauth import pam_status
@@ -187,8 +188,11 @@ def status_command() -> None:
 
     Exits 1 when a file or the state directory is unsafe; when PAM would accept any password
     for a user of TAILNET_PAM_USERS (an account without a password under a nullok stack; the
-    guard refuses it); and when the login method that TAILNET_AUTH forces logs nobody in on
-    this machine (PAM unusable, no password set)."""
+    guard refuses it); when the login method that TAILNET_AUTH forces logs nobody in on
+    this machine (PAM unusable, no password set); when the loopback bypass is on and
+    tailscaled may be relaying to loopback but cannot be read (every loopback request must
+    then authenticate); and when TAILNET_IDENTITY is "required" and tailscaled does not
+    answer."""
     state = _state()
     conf = state.settings
     resolution = state.credentials.choice.resolve()
@@ -233,33 +237,36 @@ def status_command() -> None:
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind, conf.network),
     ]
     snapshot = state.identify.watch.refresh()
-    lines += [
-        f"{'tailscaled:' if i == 0 else '':<17} {line}" for i, line in enumerate(describe(snapshot))
-    ]
+    for found in describe(snapshot):  # "tailscaled: ...", "loopback: ...": a label each
+        label, _, text = found.partition(": ")
+        lines.append(f"{label + ':':<17} {text}")
     lines.append(f"identity:         {_identity_summary(conf)}")
     relay_unknown = conf.local_bypass and snapshot.unknown
     identity_missing = conf.identity == "required" and not snapshot.reachable
     if identity_missing:
         lines.append(
-            "                  UNUSABLE: 'required' but tailscaled does not answer: every "
-            "remote peer is refused"
+            "                  UNUSABLE, every remote peer is refused: TAILNET_IDENTITY is "
+            "'required' but tailscaled does not answer"
         )
     if state.credentials.pam is not None:
         for line in pam_status(state.credentials.pam):
             unsafe = unsafe or line.unsafe
             lines.append(f"{line.label + ':' if line.label else '':<17} {line.text}")
     click.echo("\n".join(lines))
-    if unusable:
-        click.echo("the login method logs nobody in: see the line marked UNUSABLE", err=True)
-    if unsafe:
-        click.echo("something is UNSAFE: run the fix on each line marked UNSAFE", err=True)
-    if relay_unknown:
-        click.echo(
+    problems: list[tuple[object, str]] = [
+        (unusable, "the login method logs nobody in: see the line marked UNUSABLE"),
+        (unsafe, "something is UNSAFE: run the fix on each line marked UNSAFE"),
+        (
+            relay_unknown,
             "the guard cannot tell loopback requests that tailscaled relayed from local ones: "
             "every loopback request must authenticate (see the tailscaled lines)",
-            err=True,
-        )
-    if unsafe or unusable or relay_unknown or identity_missing:
+        ),
+        (identity_missing, "no remote peer gets in: see the identity line marked UNUSABLE"),
+    ]
+    for shown, message in problems:
+        if shown:
+            click.echo(message, err=True)
+    if any(shown for shown, _ in problems):
         raise click.exceptions.Exit(1)
 
 
@@ -283,13 +290,16 @@ def whois_command(address: str) -> None:
     """Print what tailscaled says of ADDRESS (IP or IP:PORT, [IPv6]:PORT), as the guard would
     use it: the peer's login, node, tags and capabilities, and whether this app's gates admit it.
 
-    Exits 1 when ADDRESS is not a peer, when tailscaled does not answer, or when ADDRESS does
-    not parse."""
+    Exits 1 when ADDRESS is not a peer or tailscaled does not answer; 2 when ADDRESS does not
+    parse."""
     state = _state()
     ip, port = _address_and_port(address)
     snapshot = state.identify.watch.refresh()
     if snapshot.api is None or not snapshot.reachable:
-        raise click.ClickException(f"tailscaled does not answer: {snapshot.problem or 'not found'}")
+        why = snapshot.problem or (
+            "no tailscaled socket found here; set TAILNET_TAILSCALED_SOCKET if it is elsewhere"
+        )
+        raise click.ClickException(f"tailscaled does not answer: {why}")
     try:
         identity = snapshot.api.whois(ip, port)
     except LocalAPIError as exc:
@@ -297,47 +307,82 @@ def whois_command(address: str) -> None:
     if identity is None:
         click.echo(f"{address}: not a peer (tailscaled: no match)")
         raise click.exceptions.Exit(1)
-    conf = state.settings
     itself = bool(snapshot.self_addresses.intersection(identity.addresses))
     lines = [
         f"login:         {identity.login if identity.login is not None else '(tagged node)'}",
-        f"display name:  {identity.display_name}",
+        f"display name:  {_shown(identity.display_name)}",
         f"node:          {identity.node} ({identity.node_id})" + (" = this node" if itself else ""),
         f"addresses:     {', '.join(identity.addresses)}",
         f"tags:          {', '.join(identity.tags) or 'none'}",
         "capabilities:  "
         + (
-            json.dumps({k: list(v) for k, v in identity.capabilities.items()}, sort_keys=True)
+            json.dumps(dict(identity.capabilities), sort_keys=True, default=_json_value)
             if identity.capabilities
             else "none"
         ),
+        f"this app:      {_whois_verdict(state, ip, identity, itself=itself)}",
     ]
-    if itself:
-        verdict = "local (a process on this node)"
-    elif not conf.identity_rule.admits(identity):
-        verdict = "REFUSED by the gates (403)"
-    elif conf.tailscale_login:
-        verdict = f"admitted by Tailscale login as {identity.login or identity.node}"
-    else:
-        verdict = "admitted by the gates; must present a credential"
-    lines.append(f"this app:      {verdict}")
     click.echo("\n".join(lines))
 
 
+def _whois_verdict(state: GuardState, ip: str, identity: TailscaleIdentity, *, itself: bool) -> str:
+    """What the guard does with a request from the peer whois named, in the order it decides:
+    this node itself (local with the loopback bypass), the network policy, the gates, then
+    Tailscale login or the credential cascade. A loopback ``IP:PORT`` that tailscaled relayed is
+    judged by the peer's own tailnet address, as the guard judges it."""
+    conf = state.settings
+    if itself:
+        if conf.local_bypass:
+            return "local (a process on this node, served as loopback is)"
+        return "a process on this node; the loopback bypass is off: must present a credential"
+    address = parse_ip(ip)
+    if is_loopback(address):  # a connection tailscaled relayed: the peer's own address counts
+        address = next((a for a in map(parse_ip, identity.addresses) if is_tailnet(a)), None)
+    if not state.identify.policy.admits(address):
+        return f"REFUSED by the network policy (403; TAILNET_NETWORK={conf.network})"
+    if conf.identity == "off":
+        return "must present a credential (TAILNET_IDENTITY is off: the guard does not ask)"
+    if not conf.identity_rule.admits(identity):
+        return "REFUSED by the gates (403)"
+    if conf.tailscale_login:
+        return f"admitted by Tailscale login as {identity.login or identity.node}"
+    return "admitted by the gates; must present a credential (Tailscale login is off)"
+
+
+def _shown(text: str) -> str:
+    """``text`` as is when every character prints; else escaped (a display name is chosen by its
+    user, who may be in another tailnet: a right-to-left override would reorder the line)."""
+    return text if text.isprintable() else ascii(text)
+
+
+def _json_value(value: object) -> object:
+    """What json.dumps cannot write itself: the read-only mappings of capability values."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+_NOT_AN_ADDRESS = "{!r} is not IP, IP:PORT or [IPv6]:PORT"
+
+
 def _address_and_port(text: str) -> tuple[str, int | None]:
-    """``IP``, ``IPv4:PORT`` or ``[IPv6]:PORT``; a click error for anything else."""
+    """``IP``, ``IPv4:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; a click error for anything else
+    (brackets around IPv4, as Go's netip refuses them, and a port that is not 1 to 65535 in ASCII
+    digits included)."""
     host, port = text, None
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise click.BadParameter(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
-            port = rest[1:]
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")) or ":" not in host:
+            raise click.BadParameter(_NOT_AN_ADDRESS.format(text), param_hint="ADDRESS")
+        port = rest[1:] if rest else None
     elif text.count(":") == 1:
         host, port = text.split(":")
     ip = parse_ip(host)
-    if ip is None or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise click.BadParameter(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
+    if ip is None or (
+        port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+    ):
+        raise click.BadParameter(_NOT_AN_ADDRESS.format(text), param_hint="ADDRESS")
     return str(ip), None if port is None else int(port)
 
 

@@ -21,6 +21,7 @@ The gate decides on the socket address and the Host alone. This step asks tailsc
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -253,8 +254,7 @@ class Identify:
         if address is None:
             return verdict
         if not peer.via_proxy:
-            ip = parse_ip(address)
-            if is_loopback(ip):  # the bypass is off: still, a relayed request is not local
+            if _loopback_text(address):  # the bypass is off: still, a relayed request is not local
                 snapshot = self.watch.current()
                 if snapshot.loopback_clear:
                     return verdict
@@ -341,6 +341,13 @@ class Identify:
 
 
 _RELAYED_ANONYMOUS = Verdict(Outcome.AUTHENTICATE, Peer("127.0.0.1", "none", via_proxy=True))
+
+
+@functools.lru_cache(maxsize=_CACHE_LIMIT)
+def _loopback_text(address: str) -> bool:
+    """Whether the text ``address`` is a loopback address, remembered per text: parsing it costs
+    more than the rest of this step on a tailnet peer's request."""
+    return is_loopback(parse_ip(address))
 
 
 def _same_login(claimed: object, identity: TailscaleIdentity | None) -> bool:

@@ -83,6 +83,8 @@ class StandInTailscaled:
         }
         self.serve_config: dict[str, Any] | None = None
         self.fail_with: tuple[int, str] | None = None
+        #: URL path (``/localapi/v0/serve-config``) -> the status and message it answers instead
+        self.fail_paths: dict[str, tuple[int, str]] = {}
         self.raw_answer: bytes | None = (
             None  # written as the whole response, instead of an HTTP answer
         )
@@ -265,6 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(*state.fail_with)
             return
         url = urlsplit(self.path)
+        if url.path in state.fail_paths:
+            self._error(*state.fail_paths[url.path])
+            return
         form = {
             key: values[0] for key, values in parse_qs(url.query, keep_blank_values=True).items()
         }
