@@ -166,11 +166,20 @@ class TailscaledWatch:
             unreachable = isinstance(exc, LocalAPIError) and exc.unreachable
             userspace = forced if forced != "auto" else self._last_tun is False
             # Nothing listens on the socket: tailscaled is stopped and relays nothing, unless the
-            # operator said it runs in userspace mode (then its answers are needed, and missing).
-            unknown = not unreachable or forced is True
+            # operator said it runs in userspace mode (then its answers are needed, and missing),
+            # or named a socket that does not exist: a typo, or a tailscaled not started yet,
+            # either of which may relay through a socket the guard cannot see.
+            named_missing = self.socket_setting is not None and not os.path.lexists(choice.path)
+            unknown = not unreachable or forced is True or named_missing
+            problem = f"tailscaled at {choice.path}: {exc}"
+            if named_missing:
+                problem = (
+                    f"TAILNET_TAILSCALED_SOCKET names {choice.path}, which does not exist (a typo, "
+                    "or tailscaled has not started yet)"
+                )
             return _snapshot(
                 socket=choice.path,
-                problem=f"tailscaled at {choice.path}: {exc}",
+                problem=problem,
                 api=api,
                 unknown=unknown,
                 userspace=bool(userspace),

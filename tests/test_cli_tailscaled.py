@@ -181,6 +181,12 @@ def _userspace_forced_without_socket(
     return {"userspace": True}
 
 
+def _named_socket_missing(tailscaled: StandInTailscaled, container: Path) -> dict[str, Any]:
+    """A typo in the setting (or a tailscaled not started yet): the socket tailscaled really
+    listens on, and relays through, is not the one named."""
+    return {"tailscaled_socket": tailscaled.path + "k"}
+
+
 @pytest.mark.parametrize(
     ("spoil", "problem"),
     [
@@ -198,6 +204,7 @@ def _userspace_forced_without_socket(
             "TAILNET_USERSPACE is on but no tailscaled socket was found",
             id="userspace-forced-no-socket",
         ),
+        pytest.param(_named_socket_missing, "which does not exist", id="named-socket-missing-typo"),
     ],
 )
 def test_status_exits_1_when_loopback_cannot_be_told_local(
