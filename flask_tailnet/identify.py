@@ -63,6 +63,7 @@ class _Known:
     identity: TailscaleIdentity | None
     direct: Verdict  # the request came straight from the address
     proxied: Verdict  # via a proxy (a trusted one named it, or tailscaled relayed it)
+    relayed: Verdict  # relayed by userspace tailscaled: ``proxied``, if the policy admits it
 
 
 #: The per-connection answers of userspace mode besides a peer's address: tailscaled did not relay
@@ -241,10 +242,9 @@ class Identify:
         return _RELAYED_ANONYMOUS
 
     def _relayed_from(self, peer_address: str) -> Verdict:
-        """A loopback request tailscaled relayed for the tailnet peer at ``peer_address``."""
-        if not self.policy.admits(parse_ip(peer_address)):
-            return REFUSED
-        return self._known_for(peer_address).proxied
+        """A loopback request tailscaled relayed for the tailnet peer at ``peer_address``: that
+        peer, refused when the network policy or the allowlist does not admit its address."""
+        return self._known_for(peer_address).relayed
 
     # -- remote ---------------------------------------------------------------------------------
 
@@ -307,11 +307,13 @@ class Identify:
     def _remember(
         self, address: str, identity: TailscaleIdentity | None, *, seconds: float = IDENTITY_SECONDS
     ) -> _Known:
+        proxied = self._decide(address, identity, via_proxy=True)
         known = _Known(
             expires=time.monotonic() + seconds,
             identity=identity,
             direct=self._decide(address, identity, via_proxy=False),
-            proxied=self._decide(address, identity, via_proxy=True),
+            proxied=proxied,
+            relayed=proxied if self.policy.admits(parse_ip(address)) else REFUSED,
         )
         return self._cache.store(address, known)
 
