@@ -32,7 +32,7 @@ from .addresses import Policy, is_loopback, is_tailnet, parse_ip
 from .caches import BoundedCache
 from .gate import REFUSED, SAFE_METHODS, Outcome, Verdict
 from .hosts import cross_site
-from .identity import IdentityRule, TailscaleIdentity
+from .identity import IdentityRule, TailscaleIdentity, decode_header_value, fold_login
 from .peer import Peer
 from .proxies import as_received
 from .relays import PerConnection, connection_of
@@ -52,6 +52,8 @@ IDENTITY_SECONDS = 10.0
 FAILURE_SECONDS = 1.0
 _CACHE_LIMIT = 4096
 _LOGIN_HEADER = "HTTP_TAILSCALE_USER_LOGIN"
+#: How much of a header value a log line shows.
+_SHOWN = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,13 @@ class Identify:
         if verdict.forwarded:
             claimed = environ.get(_LOGIN_HEADER)
             if claimed is not None and not _same_login(claimed, known.identity):
+                log.warning(
+                    "flask-tailnet: a trusted proxy sent Tailscale-User-Login %r for %s, but "
+                    "tailscaled's whois says %r: refused",
+                    decode_header_value(str(claimed))[:_SHOWN],
+                    address,
+                    None if known.identity is None else known.identity.login,
+                )
                 return REFUSED
         return known.proxied if peer.via_proxy else known.direct
 
@@ -353,10 +362,12 @@ def _loopback_text(address: str) -> bool:
 
 
 def _same_login(claimed: object, identity: TailscaleIdentity | None) -> bool:
-    """Whether a ``Tailscale-User-Login`` header names the login whois gave."""
+    """Whether a ``Tailscale-User-Login`` header (RFC 2047 decoded) names the login whois gave,
+    ASCII case ignored as the gates ignore it (never Unicode case folding, which makes look-alike
+    logins equal)."""
     if identity is None or identity.login is None or not isinstance(claimed, str):
         return False
-    return claimed.strip().casefold() == identity.login.casefold()
+    return fold_login(decode_header_value(claimed).strip()) == fold_login(identity.login)
 
 
 def _preferred_address(identity: TailscaleIdentity) -> str | None:

@@ -227,7 +227,7 @@ def _freeze(value: object, budget: list[int], depth: int) -> Any:
     raise ValueError("whois CapMap holds something that is not JSON")
 
 
-def _fold(text: str) -> str:
+def fold_login(text: str) -> str:
     """ASCII letters lower-cased, nothing else: ``str.casefold`` makes the Kelvin sign a ``k``
     and the long s an ``s``, so a look-alike login would match a listed one."""
     return text.translate(_ASCII_LOWER)
@@ -265,20 +265,20 @@ class IdentityRule:
                 raise ValueError(f"user {entry!r} is a tag: list it in the allowed tags instead")
             if not entry.isprintable() or any(c.isspace() for c in entry):
                 raise ValueError(f"user {entry!r} has spaces or control characters")
-            if _fold(entry) == TAGGED_DEVICES:
+            if fold_login(entry) == TAGGED_DEVICES:
                 raise ValueError(
                     f"user {entry!r} is what tailscaled calls every tagged node; list tags instead"
                 )
             if "*" in entry:
                 star, at, domain = entry.partition("@")
-                domain = _fold(domain)
+                domain = fold_login(domain)
                 if star != "*" or not at or _DOMAIN.fullmatch(domain) is None:
                     raise ValueError(
                         f"user {entry!r}: a wildcard entry is *@domain, such as *@example.com"
                     )
                 domains.add(domain)
             else:
-                logins.add(_fold(entry))
+                logins.add(fold_login(entry))
         tag_set: set[str] = set()
         for tag in tags:
             if not isinstance(tag, str) or len(tag) > MAX_TAG or _TAG.fullmatch(tag) is None:
@@ -321,7 +321,7 @@ class IdentityRule:
         login = identity.login
         if login is None or identity.tags:
             return False
-        folded = _fold(login)
+        folded = fold_login(login)
         if folded in self.users:
             return True
         local, at, domain = folded.rpartition("@")
