@@ -263,6 +263,10 @@ class Identify:
             snapshot = self.watch.current()
             if self.local_bypass and address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
+        elif verdict.forwarded:
+            untrusted = self._relayed_proxy(environ)
+            if untrusted is not None:
+                return untrusted
         if not self._asks:
             return verdict
         known = self._known_for(address)
@@ -271,6 +275,22 @@ class Identify:
             if claimed is not None and not _same_login(claimed, known.identity):
                 return REFUSED
         return known.proxied if peer.via_proxy else known.direct
+
+    def _relayed_proxy(self, environ: Mapping[str, Any]) -> Verdict | None:
+        """A trusted proxy's request: ``None`` when its socket peer is a local process (the proxy
+        named the client), else what the request is without its headers. tailscaled dials the app
+        from 127.0.0.1 for raw TCP (userspace mode, a serve TCP forward to this port), so a trusted
+        127.0.0.1 may be a tailnet peer that wrote its own ``X-Forwarded-For``: refused is then
+        being the client it names; it is the peer tailscaled relayed (or anonymous)."""
+        snapshot = self.watch.current()
+        if snapshot.loopback_clear:
+            return None
+        ip = parse_ip(as_received(environ).get("REMOTE_ADDR"))
+        if ip is None or not is_loopback(ip):
+            return None
+        socket_peer = Verdict(Outcome.SERVE, Peer(str(ip), "loopback", local=True))
+        relayed = self._loopback(environ, socket_peer, snapshot)
+        return None if relayed is socket_peer else relayed
 
     def _self(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
         """A connection from this node's own tailnet address: a local process, served as local
