@@ -1082,10 +1082,20 @@ def _free_port(host: str) -> int:
 
 
 def _get(
-    server: tuple[str, int], source: str, path: str, headers: dict[str, str]
+    server: tuple[str, int],
+    source: str,
+    path: str,
+    headers: dict[str, str],
+    before: Callable[[int], None] | None = None,
 ) -> tuple[int, str]:
-    """A GET on a fresh connection whose client end is bound to ``source``."""
-    with socket.create_connection(server, timeout=10, source_address=(source, 0)) as sock:
+    """A GET on a fresh connection whose client end is bound to ``source``; ``before`` gets the
+    client's port before it connects."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        if before is not None:
+            before(int(sock.getsockname()[1]))
+        sock.connect(server)
         lines = [f"GET {path} HTTP/1.1", f"Host: {server[0]}:{server[1]}", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -1097,15 +1107,18 @@ def _get(
 
 
 @contextmanager
-def flask_run(settings: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """``flask run`` of tests/identify_probe_app.py on ME with ``settings``; yields (ME, port)."""
-    port = _free_port(ME)
+def flask_run(
+    settings: dict[str, Any], tmp_path: Path, host: str = ME
+) -> Iterator[tuple[str, int]]:
+    """``flask run`` of tests/identify_probe_app.py on ``host`` with ``settings``; yields (host,
+    port)."""
+    port = _free_port(host)
     env = {**os.environ, "IDENTIFY_PROBE_SETTINGS": json.dumps(settings)}
     command = [sys.executable, "-m", "flask", "--app", "tests.identify_probe_app", "run"]
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [*command, "--host", ME, "--port", str(port)],
+            [*command, "--host", host, "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -1115,12 +1128,12 @@ def flask_run(settings: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, i
         deadline = time.monotonic() + 30
         while True:
             with socket.socket() as probe:
-                if probe.connect_ex((ME, port)) == 0:
+                if probe.connect_ex((host, port)) == 0:
                     break
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        yield ME, port
+        yield host, port
     finally:
         proc.terminate()
         try:
@@ -1157,3 +1170,37 @@ def test_real_server_identifies_peers_by_their_socket_address(tmp_path: Path) ->
             assert _get(server, BOB, "/who", forged)[0] == 403
             assert _get(server, STRANGER, "/who", forged)[0] == 403
             assert _get(server, STRANGER, "/who", {})[0] == 403
+
+
+@pytest.mark.root
+def test_real_server_trusted_proxy_on_userspace_tailscaled(tmp_path: Path) -> None:
+    """``flask run`` on 127.0.0.1 behind a trusted proxy at 127.0.0.1, tailscaled in userspace
+    mode. A local proxy's X-Forwarded-For names the client; a connection netstack relayed (its
+    client port registered with tailscaled) is the relayed peer, whatever X-Forwarded-For it
+    wrote."""
+    with trusted_directory() as directory, running_tailscaled(directory) as stand_in:
+        _configure(stand_in)
+        stand_in.status["TUN"] = False
+        settings = {
+            "TAILNET_TAILSCALED_SOCKET": stand_in.path,
+            "TAILNET_STATE_DIR": str(tmp_path / "state"),
+            **PROXY,
+            **LOGIN_GATES,
+        }
+
+        def relayed_for(peer: str) -> Callable[[int], None]:
+            return lambda port: stand_in.register_tcp(f"127.0.0.1:{port}", f"{peer}:41641")
+
+        forged = {"X-Forwarded-For": ALICE}
+        with flask_run(settings, tmp_path, host="127.0.0.1") as server:
+            status, body = _get(server, "127.0.0.1", "/who", forged)
+            assert status == 200, body
+            assert json.loads(body)["user"] == "alice@example.com"
+            status, body = _get(server, "127.0.0.1", "/who", forged, relayed_for(BOB))
+            assert status == 403, body
+            status, body = _get(server, "127.0.0.1", "/who", forged, relayed_for(TAGGED))
+            assert status == 200, body
+            assert json.loads(body)["user"] == TAGGED_NODE
+            status, body = _get(server, "127.0.0.1", "/who", {})
+            assert status == 200, body
+            assert json.loads(body)["method"] == "loopback"
