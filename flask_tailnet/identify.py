@@ -261,7 +261,7 @@ class Identify:
                 relayed = self._loopback(environ, verdict, snapshot)
                 return verdict if relayed is verdict else relayed
             snapshot = self.watch.current()
-            if self.local_bypass and address in snapshot.self_addresses:
+            if address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
         elif verdict.forwarded:
             untrusted = self._relayed_proxy(environ)
@@ -295,9 +295,13 @@ class Identify:
     def _self(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
         """A connection from this node's own tailnet address: a local process, served as local
         with the loopback bypass's cross-site refusal, unless tailscaled may have made it (a TCP
-        forward to this port, or tailscaled's answers unknown)."""
+        forward to this port, or tailscaled's answers unknown). With the bypass off it
+        authenticates as loopback does, with no Tailscale identity: whois of this node names the
+        node (its owner, its tags), not the local user who connected."""
         if snapshot.unknown or as_received(environ).get("SERVER_PORT") in snapshot.forwarded_ports:
             return self._relayed_anonymous()
+        if not self.local_bypass:
+            return verdict
         if (
             environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
         ) and cross_site(environ, as_received(environ).get("HTTP_HOST")):
@@ -322,6 +326,11 @@ class Identify:
             except LocalAPIError as exc:
                 log.warning("flask-tailnet: whois of %s failed: %s", address, exc)
                 seconds = FAILURE_SECONDS
+            else:
+                if identity is not None and not self.watch.current().self_addresses.isdisjoint(
+                    identity.addresses
+                ):
+                    identity = None  # this node itself (a local process, via a proxy): nobody
         return self._remember(address, identity, seconds=seconds)
 
     def _remember(

@@ -1204,3 +1204,78 @@ def test_real_server_trusted_proxy_on_userspace_tailscaled(tmp_path: Path) -> No
             status, body = _get(server, "127.0.0.1", "/who", {})
             assert status == 200, body
             assert json.loads(body)["method"] == "loopback"
+
+
+# ---- this node's own identity is not a remote peer's ------------------------------------------
+
+
+def _self_known(stand_in: StandInTailscaled, **keywords: Any) -> None:
+    """tailscaled's whois of this node's own address answers with the node itself."""
+    keywords = {"login": "owner@example.com", "node": "server.tail1a2b3.ts.net", **keywords}
+    stand_in.add_peer(ME, addresses=(ME, ME6), **keywords)
+
+
+@pytest.mark.parametrize(
+    ("gate", "node"),
+    [
+        pytest.param({"TAILNET_ALLOWED_USERS": ["owner@example.com"]}, {}, id="node-owner-listed"),
+        pytest.param(
+            {"TAILNET_ALLOWED_TAGS": ["tag:server"]},
+            {"tags": ("tag:server",)},
+            id="node-tag-listed",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    ("sender", "headers", "proxies"),
+    [
+        pytest.param(ME, {}, {}, id="local-user-to-own-tailnet-address"),
+        pytest.param(ME6, {}, {}, id="local-user-to-own-tailnet-ipv6"),
+        pytest.param(
+            "127.0.0.1", {"X-Forwarded-For": ME}, PROXY, id="local-user-through-serve-http"
+        ),
+    ],
+)
+def test_bypass_off_local_process_is_not_the_node_owner(
+    state_dir: Path,
+    tailnet: StandInTailscaled,
+    gate: dict[str, Any],
+    node: dict[str, Any],
+    sender: str,
+    headers: dict[str, str],
+    proxies: dict[str, Any],
+) -> None:
+    """TAILNET_LOCAL_BYPASS off: local processes must present a credential. One that connects to
+    this node's own tailnet address (directly, or through serve) is not admitted by Tailscale
+    login as the node's owner or tag: whois of this node names the node, not the process."""
+    _self_known(tailnet, **node)
+    app = guarded(
+        state_dir,
+        tailnet,
+        TAILNET_LOCAL_BYPASS=False,
+        TAILNET_TAILSCALE_LOGIN=True,
+        **gate,
+        **proxies,
+    )
+    response = ask(app.test_client(), sender, headers=headers)
+    assert response.status_code in (401, 403), response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "gate",
+    [{}, {"TAILNET_ALLOWED_USERS": ["alice@example.com"]}],
+    ids=["no-gate", "gate-set-like-loopback"],
+)
+@pytest.mark.parametrize("address", [ME, ME6], ids=["own-ipv4", "own-ipv6"])
+def test_bypass_off_own_address_authenticates_like_loopback(
+    build: Callable[..., Flask], tailnet: StandInTailscaled, address: str, gate: dict[str, Any]
+) -> None:
+    """With the bypass off, a local process on this node's own tailnet address presents a
+    credential, as on loopback (the gates narrow remote peers, not local ones)."""
+    _self_known(tailnet)
+    app = build(TAILNET_LOCAL_BYPASS=False, **gate)
+    client = app.test_client()
+    assert ask(client, address).status_code == 401
+    body = ask(client, address, token=token_of(app)).get_json()
+    assert body["method"] == "token"
+    assert body["local"] is False
