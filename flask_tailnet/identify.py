@@ -15,7 +15,9 @@ The gate decides on the socket address and the Host alone. This step asks tailsc
   ``TAILNET_ALLOWED_TAGS``, ``TAILNET_REQUIRED_CAPABILITY``) do not admit, one without an
   identity when a gate is set or ``TAILNET_IDENTITY`` is ``"required"``, and a request whose
   ``Tailscale-User-Login`` from a trusted proxy disagrees with whois. With
-  ``TAILNET_TAILSCALE_LOGIN``, a peer the gates admit is served as its login.
+  ``TAILNET_TAILSCALE_LOGIN``, a peer the gates admit is served as its login, except for an
+  unsafe request or a WebSocket upgrade that another site's page sent (refused, as the loopback
+  bypass refuses it).
 - **A local process that connects to this node's own tailnet address is local**, as loopback is.
 """
 
@@ -107,9 +109,9 @@ class Identify:
             snapshot = self.watch.current()
             if snapshot.loopback_clear:
                 return verdict
-            return self._loopback(environ, verdict, snapshot)
+            return _no_cross_site_login(environ, self._loopback(environ, verdict, snapshot))
         if outcome is Outcome.AUTHENTICATE:
-            return self._remote(environ, verdict)
+            return _no_cross_site_login(environ, self._remote(environ, verdict))
         return verdict
 
     def _proxy_protocol(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
@@ -370,6 +372,21 @@ class Identify:
 
 
 _RELAYED_ANONYMOUS = Verdict(Outcome.AUTHENTICATE, Peer("127.0.0.1", "none", via_proxy=True))
+
+
+def _no_cross_site_login(environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
+    """``verdict``, or refused when it admits a peer by its Tailscale login (no credential: the
+    browser on the peer's node carries it to any site's request) and a page of another site sent
+    an unsafe request or a WebSocket upgrade, as the loopback bypass and a session cookie
+    refuse."""
+    if (
+        verdict.outcome is Outcome.SERVE
+        and verdict.peer.method == "tailscale"
+        and (environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ)
+        and cross_site(environ, as_received(environ).get("HTTP_HOST"))
+    ):
+        return REFUSED
+    return verdict
 
 
 def _same_login(claimed: object, identity: TailscaleIdentity | None) -> bool:

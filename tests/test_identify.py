@@ -308,7 +308,7 @@ def test_no_credential_is_never_admitted(
         _break(tailnet, failure)
     response = ask(app.test_client(), ALICE)
     refused = failure is not None and ("gate" in config or config.startswith("required"))
-    assert response.status_code == (403 if refused else 401)
+    assert response.status_code == (403 if refused else 401), response.get_data(as_text=True)
     no_internal_error(caplog)
 
 
@@ -1279,3 +1279,47 @@ def test_bypass_off_own_address_authenticates_like_loopback(
     body = ask(client, address, token=token_of(app)).get_json()
     assert body["method"] == "token"
     assert body["local"] is False
+
+
+# ---- Tailscale login is ambient authority: no cross-site request rides on it -----------------
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        pytest.param("POST", {"Origin": "https://evil.example"}, 403, id="cross-site-form-post"),
+        pytest.param("POST", {"Origin": "null"}, 403, id="cross-site-post-origin-null"),
+        pytest.param("DELETE", {"Sec-Fetch-Site": "cross-site"}, 403, id="cross-site-fetch-delete"),
+        pytest.param(
+            "GET",
+            {"Upgrade": "websocket", "Connection": "Upgrade", "Origin": "https://evil.example"},
+            403,
+            id="cross-site-websocket-hijack",
+        ),
+        pytest.param("POST", {"Origin": f"http://{HOST}"}, 200, id="same-origin-post"),
+        pytest.param("POST", {"Sec-Fetch-Site": "same-origin"}, 200, id="same-origin-fetch"),
+        pytest.param("POST", {}, 200, id="script-post-without-origin"),
+        pytest.param("GET", {"Origin": "https://evil.example"}, 200, id="cross-site-get-is-safe"),
+    ],
+)
+@pytest.mark.parametrize("sender", ["direct", "trusted-proxy"])
+def test_tailscale_login_refuses_cross_site_requests(
+    build: Callable[..., Flask], method: str, headers: dict[str, str], status: int, sender: str
+) -> None:
+    """A browser on alice's laptop is admitted by who the laptop is, with no credential: a page
+    from another site it visits must not make it POST to the app (as a cookie or the loopback
+    bypass would not)."""
+    app = build(**LOGIN_GATES, **PROXY)
+    if sender == "direct":
+        response = ask(app.test_client(), ALICE, path="/", method=method, headers=headers)
+    else:
+        response = ask(
+            app.test_client(),
+            "127.0.0.1",
+            path="/",
+            method=method,
+            headers={"X-Forwarded-For": ALICE, **headers},
+        )
+    assert response.status_code == status, response.get_data(as_text=True)
+    if status == 200:
+        assert response.get_json()["method"] == "tailscale"
