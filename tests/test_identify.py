@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +29,7 @@ from flask.testing import FlaskClient
 
 from flask_tailnet import TailnetGuard, current_peer
 
-from .conftest import ROOT, addresses_on_lo, call, make_app
+from .conftest import addresses_on_lo, call, make_app, serving_example_app
 from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
 
 # 100.64.42.x and fd7a:115c:a1e0::42:x are this file's: no other test uses them.
@@ -1075,12 +1073,6 @@ def test_a_view_cannot_change_the_cached_identity(
 # ---- real server: flask run, clients bound to tailnet addresses on lo ------------------------
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 def _get(
     server: tuple[str, int],
     source: str,
@@ -1112,35 +1104,10 @@ def flask_run(
 ) -> Iterator[tuple[str, int]]:
     """``flask run`` of tests/identify_probe_app.py on ``host`` with ``settings``; yields (host,
     port)."""
-    port = _free_port(host)
     env = {**os.environ, "IDENTIFY_PROBE_SETTINGS": json.dumps(settings)}
-    command = [sys.executable, "-m", "flask", "--app", "tests.identify_probe_app", "run"]
     log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [*command, "--host", host, "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex((host, port)) == 0:
-                    break
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+    with serving_example_app(host, env, log_path, app="tests.identify_probe_app") as port:
         yield host, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.root
