@@ -33,7 +33,7 @@ from .addresses import Policy, is_loopback, is_tailnet, parse_ip
 from .caches import BoundedCache
 from .gate import REFUSED, SAFE_METHODS, Outcome, Verdict
 from .hosts import cross_site
-from .identity import IdentityRule, TailscaleIdentity
+from .identity import IdentityRule, TailscaleIdentity, decode_header_value
 from .peer import Peer
 from .proxies import as_received
 from .relays import PerConnection, connection_of
@@ -390,10 +390,11 @@ def _no_cross_site_login(environ: Mapping[str, Any], verdict: Verdict) -> Verdic
 
 
 def _same_login(claimed: object, identity: TailscaleIdentity | None) -> bool:
-    """Whether a ``Tailscale-User-Login`` header names the login whois gave."""
+    """Whether a ``Tailscale-User-Login`` header names the login whois gave (serve writes a
+    login that is not ASCII as an RFC 2047 encoded word)."""
     if identity is None or identity.login is None or not isinstance(claimed, str):
         return False
-    return claimed.strip().casefold() == identity.login.casefold()
+    return decode_header_value(claimed.strip()).casefold() == identity.login.casefold()
 
 
 def _preferred_address(identity: TailscaleIdentity) -> str | None:

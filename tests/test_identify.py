@@ -41,6 +41,7 @@ TAGGED = "100.64.42.11"  #: a tagged node (tag:ci): no login
 SHARED = "100.64.42.12"  #: a node shared into the tailnet by someone else's tailnet
 STRANGER = "100.64.42.13"  #: a tailnet address tailscaled does not know (404)
 BOB = "100.64.42.14"  #: bob@example.com, no capability
+NON_ASCII = "100.64.42.15"  #: a login that is not ASCII
 ALICE6 = "fd7a:115c:a1e0::42:10"
 CAP = "example.com/cap/myapp"
 TAGGED_NODE = "ci-runner.tail1a2b3.ts.net"
@@ -756,11 +757,32 @@ def test_trusted_proxy_client_identified_by_whois_of_forwarded_address(
         pytest.param(TAGGED, "alice@example.com", 403, id="login-header-for-a-tagged-node"),
         pytest.param(TAGGED, "tagged-devices", 403, id="login-header-tagged-devices"),
         pytest.param(STRANGER, "alice@example.com", 403, id="login-header-whois-404"),
+        pytest.param(
+            NON_ASCII,
+            "=?utf-8?q?kr=C5=ABmi=C5=86a@example.com?=",
+            200,
+            id="login-header-rfc2047-as-serve-encodes-non-ascii",
+        ),
+        pytest.param(
+            NON_ASCII,
+            "=?utf-8?q?alice@example.com?=",
+            403,
+            id="login-header-rfc2047-names-someone-else",
+        ),
     ],
 )
 def test_trusted_proxy_login_header_must_agree_with_whois(
-    build: Callable[..., Flask], forwarded: str, login_header: str, status: int
+    build: Callable[..., Flask],
+    tailnet: StandInTailscaled,
+    forwarded: str,
+    login_header: str,
+    status: int,
 ) -> None:
+    """serve sets Tailscale-User-Login (RFC 2047 for a non-ASCII login: Go's mime.QEncoding);
+    one that does not name whois's login refuses the request, one that does changes nothing."""
+    tailnet.add_peer(
+        NON_ASCII, login="kr\u016bmi\u0146a@example.com", node="krumina.tail1a2b3.ts.net"
+    )
     app = build(**PROXY)
     response = via_proxy(
         app.test_client(),
