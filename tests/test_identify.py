@@ -702,6 +702,8 @@ def test_required_without_tailscaled_starts_refuses_then_recovers(
         client = app.test_client()
         for peer in (ALICE, STRANGER, ALICE, TAGGED):
             assert ask(client, peer, token=token).status_code == 403
+        # nothing listens: tailscaled relays nothing, so loopback is still local
+        assert ask(client, "127.0.0.1").get_json()["method"] == "loopback"
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert "required" in errors[0].getMessage()
