@@ -11,6 +11,7 @@ added to ``lo``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib
 import json
@@ -29,7 +30,7 @@ from flask.testing import FlaskClient
 
 from flask_tailnet import TailnetGuard, current_peer
 
-from .conftest import addresses_on_lo, call, make_app, serving_example_app
+from .conftest import PASSWORD, addresses_on_lo, call, make_app, serving_example_app
 from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
 
 # 100.64.42.x and fd7a:115c:a1e0::42:x are this file's: no other test uses them.
@@ -892,8 +893,8 @@ def test_forwarded_for_on_a_connection_tailscaled_relayed_is_not_believed(
 # ---- 6. @guard.require -----------------------------------------------------------------------
 
 
-def required_app(state_dir: Path, stand_in: StandInTailscaled) -> Flask:
-    app = guarded(state_dir, stand_in)
+def required_app(state_dir: Path, stand_in: StandInTailscaled, **settings: Any) -> Flask:
+    app = guarded(state_dir, stand_in, **settings)
     guard = TailnetGuard  # the decorator is a static method
 
     @app.get("/admins")
@@ -1014,6 +1015,39 @@ def test_revoked_grant_takes_effect_after_the_ttl(
     time.sleep(0.4)
     assert ask(client, ALICE).status_code == 403
     assert tailnet.whois_calls == [ALICE, ALICE]
+
+
+@pytest.mark.parametrize(
+    "credential", ["token", "password"], ids=["bearer-token", "basic-password"]
+)
+def test_revoked_grant_reaches_an_authenticated_peer_after_the_ttl(
+    state_dir: Path,
+    tailnet: StandInTailscaled,
+    monkeypatch: pytest.MonkeyPatch,
+    credential: str,
+) -> None:
+    """A peer that presents a credential keeps no stale identity either (a success is remembered
+    per client, with the peer it made): a view under guard.require(capability=...) refuses it
+    once the grant is gone, and the identity it sees is whois's latest."""
+    identify = importlib.import_module("flask_tailnet.identify")
+    monkeypatch.setattr(identify, "IDENTITY_SECONDS", 0.3)
+    monkeypatch.setenv("TAILNET_TEST_PASSWORD", PASSWORD)
+    app = required_app(
+        state_dir, tailnet, TAILNET_AUTH="password", TAILNET_PASSWORD_ENV="TAILNET_TEST_PASSWORD"
+    )
+    if credential == "token":
+        headers = {"Authorization": f"Bearer {token_of(app)}"}
+    else:
+        pair = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+        headers = {"Authorization": f"Basic {pair}"}
+    client = app.test_client()
+    assert ask(client, ALICE, headers=headers, path="/granted").status_code == 200
+    tailnet.add_peer(ALICE, login="alice@example.com", cap_map=None, addresses=(ALICE, ALICE6))
+    time.sleep(0.4)
+    assert ask(client, ALICE, headers=headers, path="/granted").status_code == 403
+    body = ask(client, ALICE, headers=headers).get_json()
+    assert body["method"] == credential
+    assert body["tailscale"]["capabilities"] == []
 
 
 def test_failure_is_cached_no_longer_than_an_answer(
