@@ -76,7 +76,12 @@ class Attempts:
         client, so its next guesses spend first too."""
         slot = (anonymous.address, anonymous.via_proxy)
         known = self._token_clients.get(slot)
-        if known is not None and known[0] is token and secret_matches(presented, token):
+        if (
+            known is not None
+            and known[0] is token
+            and _same_identity(known[1], anonymous)
+            and secret_matches(presented, token)
+        ):
             return known[1]
         result = self.attempt(
             anonymous,
@@ -104,7 +109,12 @@ class Attempts:
         if (address, via_proxy) in self._failing:
             return None, digest
         known = self._known.get((address, via_proxy, digest))
-        if known is not None and known[0] > _monotonic() and known[1] == in_force(known[2]):
+        if (
+            known is not None
+            and known[0] > _monotonic()
+            and known[1] == in_force(known[2])
+            and _same_identity(known[2], anonymous)
+        ):
             return known[2], digest
         return None, digest
 
@@ -151,3 +161,11 @@ class Attempts:
             slot = (anonymous.address, anonymous.via_proxy, digest)
             self._known_cache.store(slot, (time.monotonic() + self.remember, marker, peer))
         return peer
+
+
+def _same_identity(remembered: Peer, anonymous: Peer) -> bool:
+    """Whether a remembered peer still has the Tailscale identity the request's peer has: whois
+    is asked again every few seconds, and a grant revoked since must reach the peer a
+    credential admits (the identity is compared, so an unchanged answer keeps the success)."""
+    known, now = remembered.tailscale, anonymous.tailscale
+    return known is now or known == now

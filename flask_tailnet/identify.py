@@ -15,7 +15,9 @@ The gate decides on the socket address and the Host alone. This step asks tailsc
   ``TAILNET_ALLOWED_TAGS``, ``TAILNET_REQUIRED_CAPABILITY``) do not admit, one without an
   identity when a gate is set or ``TAILNET_IDENTITY`` is ``"required"``, and a request whose
   ``Tailscale-User-Login`` from a trusted proxy disagrees with whois. With
-  ``TAILNET_TAILSCALE_LOGIN``, a peer the gates admit is served as its login.
+  ``TAILNET_TAILSCALE_LOGIN``, a peer the gates admit is served as its login, except for an
+  unsafe request or a WebSocket upgrade that another site's page sent (refused, as the loopback
+  bypass refuses it).
 - **A local process that connects to this node's own tailnet address is local**, as loopback is.
 """
 
@@ -111,9 +113,9 @@ class Identify:
             snapshot = self.watch.current()
             if snapshot.loopback_clear:
                 return verdict
-            return self._loopback(environ, verdict, snapshot)
+            return _no_cross_site_login(environ, self._loopback(environ, verdict, snapshot))
         if outcome is Outcome.AUTHENTICATE:
-            return self._remote(environ, verdict)
+            return _no_cross_site_login(environ, self._remote(environ, verdict))
         return verdict
 
     def _proxy_protocol(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
@@ -263,8 +265,12 @@ class Identify:
                 relayed = self._loopback(environ, verdict, snapshot)
                 return verdict if relayed is verdict else relayed
             snapshot = self.watch.current()
-            if self.local_bypass and address in snapshot.self_addresses:
+            if address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
+        elif verdict.forwarded:
+            untrusted = self._relayed_proxy(environ)
+            if untrusted is not None:
+                return untrusted
         if not self._asks:
             return verdict
         known = self._known_for(address)
@@ -281,12 +287,32 @@ class Identify:
                 return REFUSED
         return known.proxied if peer.via_proxy else known.direct
 
+    def _relayed_proxy(self, environ: Mapping[str, Any]) -> Verdict | None:
+        """A trusted proxy's request: ``None`` when its socket peer is a local process (the proxy
+        named the client), else what the request is without its headers. tailscaled dials the app
+        from 127.0.0.1 for raw TCP (userspace mode, a serve TCP forward to this port), so a trusted
+        127.0.0.1 may be a tailnet peer that wrote its own ``X-Forwarded-For``: refused is then
+        being the client it names; it is the peer tailscaled relayed (or anonymous)."""
+        snapshot = self.watch.current()
+        if snapshot.loopback_clear:
+            return None
+        ip = parse_ip(as_received(environ).get("REMOTE_ADDR"))
+        if ip is None or not is_loopback(ip):
+            return None
+        socket_peer = Verdict(Outcome.SERVE, Peer(str(ip), "loopback", local=True))
+        relayed = self._loopback(environ, socket_peer, snapshot)
+        return None if relayed is socket_peer else relayed
+
     def _self(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
         """A connection from this node's own tailnet address: a local process, served as local
         with the loopback bypass's cross-site refusal, unless tailscaled may have made it (a TCP
-        forward to this port, or tailscaled's answers unknown)."""
+        forward to this port, or tailscaled's answers unknown). With the bypass off it
+        authenticates as loopback does, with no Tailscale identity: whois of this node names the
+        node (its owner, its tags), not the local user who connected."""
         if snapshot.unknown or as_received(environ).get("SERVER_PORT") in snapshot.forwarded_ports:
             return self._relayed_anonymous()
+        if not self.local_bypass:
+            return verdict
         if (
             environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
         ) and cross_site(environ, as_received(environ).get("HTTP_HOST")):
@@ -311,6 +337,11 @@ class Identify:
             except LocalAPIError as exc:
                 log.warning("flask-tailnet: whois of %s failed: %s", address, exc)
                 seconds = FAILURE_SECONDS
+            else:
+                if identity is not None and not self.watch.current().self_addresses.isdisjoint(
+                    identity.addresses
+                ):
+                    identity = None  # this node itself (a local process, via a proxy): nobody
         return self._remember(address, identity, seconds=seconds)
 
     def _remember(
@@ -359,6 +390,21 @@ def _loopback_text(address: str) -> bool:
     """Whether the text ``address`` is a loopback address, remembered per text: parsing it costs
     more than the rest of this step on a tailnet peer's request."""
     return is_loopback(parse_ip(address))
+
+
+def _no_cross_site_login(environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
+    """``verdict``, or refused when it admits a peer by its Tailscale login (no credential: the
+    browser on the peer's node carries it to any site's request) and a page of another site sent
+    an unsafe request or a WebSocket upgrade, as the loopback bypass and a session cookie
+    refuse."""
+    if (
+        verdict.outcome is Outcome.SERVE
+        and verdict.peer.method == "tailscale"
+        and (environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ)
+        and cross_site(environ, as_received(environ).get("HTTP_HOST"))
+    ):
+        return REFUSED
+    return verdict
 
 
 def _same_login(claimed: object, identity: TailscaleIdentity | None) -> bool:

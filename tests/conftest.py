@@ -168,14 +168,16 @@ def example_cli(env: dict[str, str], *args: str) -> str:
 
 
 @contextmanager
-def serving_example_app(host: str, env: dict[str, str], log_path: Path) -> Iterator[int]:
-    """Run ``flask --app example_app run`` on ``host`` and a free port; yield the port once it
-    accepts connections; stop the server afterwards, even on failure."""
+def serving_example_app(
+    host: str, env: dict[str, str], log_path: Path, app: str = "example_app"
+) -> Iterator[int]:
+    """Run ``flask --app example_app run`` (or another ``app``) on ``host`` and a free port; yield
+    the port once it accepts connections; stop the server afterwards, even on failure."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         port = int(probe.getsockname()[1])
-    command = [sys.executable, "-m", "flask", "--app", "example_app", "run"]
+    command = [sys.executable, "-m", "flask", "--app", app, "run"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [*command, "--host", host, "--port", str(port)],
