@@ -10,6 +10,7 @@ form carries a token bound to a cookie, and login and logout refuse cross-site r
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 #: ``templates/flask_tailnet/login.html`` comes first (docs/quickstart.md lists its variables).
 TEMPLATE = "flask_tailnet/login.html"
 _CSRF_SUFFIX = "_csrf"
+#: The shape of the nonces the login page makes (``secrets.token_urlsafe(32)``).
+_NONCE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def query_text(environ: WSGIEnvironment) -> str:
@@ -74,7 +77,9 @@ def blueprint(
     def page(*, error: str | None = None, status: int = 200, username: str = "") -> Response:
         method = state.credentials.choice.resolve().method
         query_text(request.environ)  # before request.values parses it
-        nonce = request.cookies.get(csrf_cookie) or secrets.token_urlsafe(32)
+        nonce = request.cookies.get(csrf_cookie, "")
+        if _NONCE.fullmatch(nonce) is None:  # not one this page made: never echoed back
+            nonce = secrets.token_urlsafe(32)
         body = render_template(
             TEMPLATE,
             app_name=state.settings.realm,

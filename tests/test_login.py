@@ -219,6 +219,38 @@ def test_login_without_csrf_cookie_is_refused(password_app: Flask) -> None:
 
 
 @pytest.mark.parametrize(
+    "planted",
+    [
+        pytest.param(",,," * 600, id="huge-cookie-echoed-over-the-size-limit"),
+        pytest.param("attacker-chosen-nonce", id="fixed-by-a-cookie-tossing-sibling"),
+        pytest.param("a" * 42, id="one-short"),
+        pytest.param("a" * 44, id="one-long"),
+        pytest.param("a" * 42 + "%C3%A9", id="not-ascii"),
+    ],
+)
+def test_login_page_makes_its_own_nonce_for_a_cookie_it_did_not_make(
+    password_app: Flask, planted: str
+) -> None:
+    """The CSRF nonce comes back only if it has the shape the page makes; anything else (a value
+    another site planted, or one so large that setting it again fails) is replaced."""
+    page = password_app.test_client(use_cookies=False).get(
+        "/_tailnet/login",
+        base_url=f"http://{TAILNET_HOST}",
+        headers={**HTML, "Cookie": f"tailnet_session_csrf={planted}"},
+        environ_base={"REMOTE_ADDR": TAILNET_PEER},
+    )
+    assert page.status_code == 200
+    nonce = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True))
+    assert nonce is not None
+    assert nonce.group(1) != planted
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", nonce.group(1))
+
+
+def test_login_page_keeps_its_own_nonce(browser: FlaskClient) -> None:
+    assert login_form(browser) == login_form(browser)
+
+
+@pytest.mark.parametrize(
     "headers",
     [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}],
     ids=["other-origin", "null-origin", "sec-fetch-cross-site"],
