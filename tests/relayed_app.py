@@ -18,7 +18,11 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
 from flask_tailnet import TailnetGuard, current_peer
-from flask_tailnet.relays import CONNECTION_KEYS
+from flask_tailnet.settings import DEFAULTS
+
+#: Where gunicorn and werkzeug put the connection object (flask_tailnet.relays.CONNECTION_KEYS;
+#: written out so that this app also runs on a flask-tailnet without that module).
+CONNECTION_KEYS = ("gunicorn.socket", "werkzeug.socket")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -27,8 +31,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     if os.environ.get("RELAYED_APP_DROP_UNKNOWN") == "1":
-        from flask_tailnet.settings import DEFAULTS
-
         for key in [k for k in app.config if k.startswith("TAILNET_") and k not in DEFAULTS]:
             del app.config[key]
     guard = TailnetGuard(app)

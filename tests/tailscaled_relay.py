@@ -158,7 +158,7 @@ def _forward(
     if register == "at once":
         do_register()
     elif register == "late":
-        timer = threading.Timer(random.uniform(*LATE), do_register)  # noqa: S311 - not secret
+        timer = threading.Timer(random.uniform(*LATE), do_register)
         timer.start()
     if proxy_protocol is not None:
         backend.sendall(proxy_header(proxy_protocol, peer, (local[0], local[1])))

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,14 @@ MARGIN = 4.0
 # ---- the world: stand-in tailscaled, addresses, servers -------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tailnet_addresses() -> Iterator[None]:
+    """The node's and the peers' tailnet addresses on lo, for the whole module (set up before,
+    and removed after, every server that uses them)."""
+    with addresses_on_lo(ADDRESSES):
+        yield
+
+
 def add_peers(stand_in: StandInTailscaled, *, tun: bool) -> None:
     stand_in.status["TUN"] = tun
     stand_in.status["TailscaleIPs"] = [NODE_V4, NODE_V6]
@@ -90,7 +98,7 @@ def flask_run(port: int, env: dict[str, str], log_path: Path) -> Iterator[None]:
             pytest.fail(f"flask run exited: {log_path.read_text()}")
         yield
     finally:
-        kill_group(proc)  # type: ignore[arg-type]
+        kill_group(proc)
 
 
 def healthy(port: int) -> bool:
@@ -106,7 +114,7 @@ def healthy(port: int) -> bool:
 
 @contextmanager
 def app_server(
-    kind: str, ports: list[int], env: dict[str, str], log_dir: Path, extra: list[str] = []
+    kind: str, ports: list[int], env: dict[str, str], log_dir: Path, extra: Sequence[str] = ()
 ) -> Iterator[None]:
     """The app under ``kind`` on 127.0.0.1:``ports`` (flask run: the first only)."""
     if kind == "flask-run":
@@ -122,7 +130,7 @@ def app_server(
         workers=1,
         worker_class=worker,
         app=APP,
-        extra=[*threads, *extra],
+        extra=[*extra, *threads],  # a bare --proxy-protocol must not take the app as its value
         env=env,
     ):
         yield
@@ -187,7 +195,6 @@ def get(
 @contextmanager
 def userspace_world(kind: str, tmp: Path, **settings: str) -> Iterator[World]:
     with ExitStack() as stack:
-        stack.enter_context(addresses_on_lo(ADDRESSES))
         directory = stack.enter_context(trusted_directory())
         stand_in = stack.enter_context(running_tailscaled(directory))
         add_peers(stand_in, tun=False)
@@ -204,14 +211,18 @@ def userspace_world(kind: str, tmp: Path, **settings: str) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def plain(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def plain(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     """Userspace mode, identity on, no gate: a relayed peer must present a credential."""
     with userspace_world(request.param, tmp_path_factory.mktemp("plain")) as world:
         yield world
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def login(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def login(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     """Userspace mode with Tailscale login for alice only."""
     with userspace_world(
         request.param,
@@ -242,7 +253,12 @@ RELAYED_WITHOUT_CREDENTIAL = [
     ("relayed-from-tailnet-ipv6-netstack-dials-127", ALICE_V6, {}, None),
     ("relayed-with-host-localhost", ALICE_V4, {}, "localhost"),
     ("relayed-with-host-127.0.0.1", ALICE_V4, {}, "127.0.0.1"),
-    ("relayed-forging-tailscale-user-login", ALICE_V4, {"Tailscale-User-Login": "alice@example.com"}, None),
+    (
+        "relayed-forging-tailscale-user-login",
+        ALICE_V4,
+        {"Tailscale-User-Login": "alice@example.com"},
+        None,
+    ),
     ("relayed-forging-x-forwarded-for-loopback", ALICE_V4, {"X-Forwarded-For": "127.0.0.1"}, None),
     ("relayed-bob", BOB, {}, None),
 ]
@@ -337,7 +353,7 @@ def nobody() -> int:
 
 
 def is_local(reply: Reply) -> bool:
-    return reply.status == 200 and reply.body["method"] == "loopback" and reply.body["local"]
+    return reply.status == 200 and reply.body.get("method") == "loopback" and reply.body["local"]
 
 
 def test_another_users_loopback_request_is_local_without_whois(plain: World) -> None:
@@ -407,12 +423,10 @@ def test_a_relayed_client_tailscaled_has_no_node_for_is_not_local(plain: World) 
 @pytest.fixture(scope="module")
 def hidden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A server that gives no connection object (gunicorn sync, the app hides it)."""
-    os.environ["RELAYED_APP_HIDE_CONNECTION"] = "1"
-    try:
-        with userspace_world("gunicorn-sync", tmp_path_factory.mktemp("hidden")) as world:
-            yield world
-    finally:
-        del os.environ["RELAYED_APP_HIDE_CONNECTION"]
+    with userspace_world(
+        "gunicorn-sync", tmp_path_factory.mktemp("hidden"), RELAYED_APP_HIDE_CONNECTION="1"
+    ) as world:
+        yield world
 
 
 def test_without_a_connection_object_a_whois_miss_is_not_local(hidden: World) -> None:
@@ -461,3 +475,351 @@ def test_a_relayed_connection_on_a_port_judged_local_before_is_the_peer(plain: W
     assert f"127.0.0.1:{port}" in plain.relay.dialled, "the relay did not reuse the port"
     assert all(refused_credential(reply) for reply in replies), replies
     assert plain.stand_in.whois_calls.count(f"127.0.0.1:{port}") == 2
+
+
+# ---- 2: TUN mode, tailscale serve forwards raw TCP to the app ---------------------------------
+
+
+@dataclass
+class Tun:
+    stand_in: StandInTailscaled
+    forwarded: int  # the port serve forwards to (when a row says so)
+    other: int  # another port of the same server: nothing forwards to it
+    token: str
+    stop: Callable[[], None]  # stops the stand-in tailscaled (its socket goes)
+
+
+@contextmanager
+def tun_world(
+    tmp: Path,
+    extra: Sequence[str] = (),
+    serve_config: Callable[[int], Any] | None = None,
+) -> Iterator[Tun]:
+    with ExitStack() as stack:
+        directory = stack.enter_context(trusted_directory())
+        daemon = ExitStack()
+        stack.callback(daemon.close)
+        stand_in = daemon.enter_context(running_tailscaled(directory))
+        add_peers(stand_in, tun=True)
+        forwarded, other = free_port(), free_port()
+        if serve_config is not None:  # read at start: the server's first snapshot has it
+            stand_in.serve_config = serve_config(forwarded)
+        state_dir = tmp / "state"
+        token = token_for(state_dir)
+        env = gunicorn_env(state_dir, FLASK_TAILNET_TAILSCALED_SOCKET=stand_in.path)
+        stack.enter_context(app_server("gunicorn-gthread", [forwarded, other], env, tmp, extra))
+        yield Tun(stand_in, forwarded, other, token, daemon.close)
+
+
+@pytest.fixture(scope="module")
+def tun(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tun]:
+    with tun_world(tmp_path_factory.mktemp("tun")) as world:
+        yield world
+
+
+def outcome(reply: Reply) -> str:
+    if is_local(reply):
+        return "local"
+    if refused_credential(reply):
+        return "credential"
+    if reply.status == 403:
+        return "refused"
+    return f"unexpected {reply}"
+
+
+def both(world: Tun) -> tuple[str, str]:
+    """What a direct loopback request (root) gets on the forwarded port and on the other."""
+    return (
+        outcome(get("127.0.0.1", world.forwarded)),
+        outcome(get("127.0.0.1", world.other)),
+    )
+
+
+def tcp(target: str, **handler: Any) -> dict[str, Any]:
+    return {"TCP": {"443": {"TCPForward": target, **handler}}}
+
+
+#: (id, serve-config (a function of the forwarded port), what loopback gets on that port)
+SERVE_CONFIGS = [
+    ("top-level-tcp-forward", lambda p: tcp(f"127.0.0.1:{p}"), "credential"),
+    (
+        "tls-terminated-tcp-forward",
+        lambda p: tcp(f"127.0.0.1:{p}", TerminateTLS="server.tail1a2b3.ts.net"),
+        "credential",
+    ),
+    ("forward-to-localhost-by-name", lambda p: tcp(f"localhost:{p}"), "credential"),
+    (
+        "service-svc-mcp-api-tcp-443",
+        lambda p: {"Services": {"svc:mcp-api": tcp(f"127.0.0.1:{p}")}},
+        "credential",
+    ),
+    (
+        "foreground-session-without-bg",
+        lambda p: {"Foreground": {"a1b2c3": {"TCP": {"8443": {"TCPForward": f"127.0.0.1:{p}"}}}}},
+        "credential",
+    ),
+    (
+        "foreground-session-service",
+        lambda p: {"Foreground": {"a1b2c3": {"Services": {"svc:mcp-api": tcp(f"127.0.0.1:{p}")}}}},
+        "credential",
+    ),
+    (
+        "funnel-published-tcp-forward",
+        lambda p: {**tcp(f"127.0.0.1:{p}"), "AllowFunnel": {"server.tail1a2b3.ts.net:443": True}},
+        "refused",
+    ),
+    (
+        "http-serve-only-sets-x-forwarded-for",
+        lambda p: {
+            "TCP": {"443": {"HTTPS": True}},
+            "Web": {
+                "server.tail1a2b3.ts.net:443": {
+                    "Handlers": {"/": {"Proxy": f"http://127.0.0.1:{p}"}}
+                }
+            },
+        },
+        "local",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [row[1:] for row in SERVE_CONFIGS],
+    ids=[row[0] for row in SERVE_CONFIGS],
+)
+def test_serve_tcp_forward_to_the_port_is_not_local(tun: Tun, config: Any, expected: str) -> None:
+    """serve-config changes while the server runs; it notices within REFRESH_SECONDS (+ a
+    margin for a loaded machine). Only the forwarded port loses the bypass."""
+    assert wait_for(lambda: both(tun) == ("local", "local"), REFRESH_SECONDS + MARGIN)
+    with tun.stand_in.lock:
+        tun.stand_in.serve_config = config(tun.forwarded)
+    try:
+        started = time.monotonic()
+        noticed = wait_for(lambda: both(tun) == (expected, "local"), REFRESH_SECONDS + MARGIN)
+        assert noticed, f"after {time.monotonic() - started:.1f} s: {both(tun)}"
+    finally:
+        with tun.stand_in.lock:
+            tun.stand_in.serve_config = None
+
+
+#: (id, how tailscaled fails to answer serve-config/status)
+UNREADABLE = [
+    ("serve-config-500", {"fail_with": (500, "internal error")}),
+    ("localapi-403", {"fail_with": (403, "serve config denied")}),
+    ("serve-config-with-an-unknown-field", {"serve_config": {"TCP": {}, "Tunnels": {}}}),
+    (
+        "localapi-answer-not-json",
+        {"raw_answer": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{{{"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "failure", [row[1] for row in UNREADABLE], ids=[row[0] for row in UNREADABLE]
+)
+def test_unreadable_tailscaled_makes_no_loopback_local(tun: Tun, failure: dict[str, Any]) -> None:
+    assert wait_for(lambda: both(tun) == ("local", "local"), REFRESH_SECONDS + MARGIN)
+    for name, value in failure.items():
+        setattr(tun.stand_in, name, value)
+    try:
+        assert wait_for(
+            lambda: both(tun) == ("credential", "credential"), REFRESH_SECONDS + MARGIN
+        ), both(tun)
+    finally:
+        tun.stand_in.fail_with = None
+        tun.stand_in.raw_answer = None
+        tun.stand_in.serve_config = None
+
+
+def test_relayed_tcp_forward_of_a_tailnet_client_needs_a_credential(tun: Tun) -> None:
+    """A serve TCP forward relayed through real sockets (registers nothing, as tailscaled's
+    serve does not): the tailnet client needs the token, and then is only the anonymous relay."""
+    with tun.stand_in.lock:
+        tun.stand_in.serve_config = tcp(f"127.0.0.1:{tun.forwarded}")
+    try:
+        assert wait_for(lambda: both(tun)[0] == "credential", REFRESH_SECONDS + MARGIN)
+        with relaying([NODE_V4], tun.forwarded, tun.stand_in, register="never") as relay:
+            anonymous = get(NODE_V4, relay.port(), source=ALICE_V4)
+            token = get(
+                NODE_V4,
+                relay.port(),
+                source=ALICE_V4,
+                headers={"Authorization": f"Bearer {tun.token}"},
+            )
+    finally:
+        with tun.stand_in.lock:
+            tun.stand_in.serve_config = None
+    assert refused_credential(anonymous), anonymous
+    assert token.status == 200, token
+    assert (token.body["method"], token.body["local"]) == ("token", False)
+
+
+@pytest.mark.parametrize("how", ["socket-gone", "connection-refused"])
+def test_stopped_tailscaled_in_tun_mode_gives_loopback_back(tmp_path: Path, how: str) -> None:
+    """tailscaled stopped relays nothing: once its socket is gone (or refuses connections), the
+    port it forwarded to is local again; a forward seen while it ran does not linger."""
+    with tun_world(tmp_path) as world:
+        world.stand_in.serve_config = tcp(f"127.0.0.1:{world.forwarded}")
+        assert wait_for(lambda: both(world) == ("credential", "local"), REFRESH_SECONDS + MARGIN)
+        path = world.stand_in.path
+        world.stop()
+        if how == "connection-refused":
+            refusing = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            refusing.bind(path)  # bound, never listening: connect() gets ECONNREFUSED
+            os.chmod(path, 0o666)
+        try:
+            assert wait_for(lambda: both(world) == ("local", "local"), REFRESH_SECONDS + MARGIN), (
+                both(world)
+            )
+        finally:
+            if how == "connection-refused":
+                refusing.close()
+
+
+# ---- 3: PROXY protocol from tailscaled's serve forward (gunicorn --proxy-protocol) ------------
+
+RAW_CLIENT = """
+import encodings.idna, os, socket, sys
+port, uid, data = int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+os.setgroups([]); os.setgid(uid); os.setuid(uid)
+with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+    sock.sendall(data)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+sys.stdout.buffer.write(answer)
+"""
+
+
+def raw_as(uid: int, port: int, data: bytes) -> Reply:
+    """Send ``data`` to 127.0.0.1:``port`` from a process running as ``uid``; the reply."""
+    if uid == os.geteuid():
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(data)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        text = answer.decode("latin-1")
+    else:
+        done = subprocess.run(
+            [sys.executable, "-c", RAW_CLIENT, str(port), str(uid), data.hex()],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            cwd="/",
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        text = done.stdout.decode("latin-1")
+    head, _, body = text.partition("\r\n\r\n")
+    status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/") else 0
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = {"raw": body[:200]}
+    return Reply(status, parsed if isinstance(parsed, dict) else {"raw": parsed})
+
+
+def http_get(host: str) -> bytes:
+    return f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tun]:
+    """gunicorn --proxy-protocol (PROXY v1 or v2, detected) in TUN mode; serve forwards tcp:443
+    (ProxyProtocol 2) and tcp:8443 (ProxyProtocol 1) to the forwarded port."""
+
+    def config(port: int) -> dict[str, Any]:
+        return {
+            "TCP": {
+                "443": {"TCPForward": f"127.0.0.1:{port}", "ProxyProtocol": 2},
+                "8443": {"TCPForward": f"127.0.0.1:{port}", "ProxyProtocol": 1},
+            }
+        }
+
+    with tun_world(
+        tmp_path_factory.mktemp("proxied"), extra=["--proxy-protocol"], serve_config=config
+    ) as world:
+        yield world
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_proxy_protocol_from_tailscaled_is_the_tailnet_client(proxied: Tun, version: int) -> None:
+    """tailscaled (root, like the relay) sends the PROXY header naming the tailnet client: the
+    request is that client (whois of its address), never local; a credential is still needed."""
+    with relaying(
+        [NODE_V4], proxied.forwarded, proxied.stand_in, register="never", proxy_protocol=version
+    ) as relay:
+        anonymous = get(NODE_V4, relay.port(), source=ALICE_V4)
+        admitted = get(
+            NODE_V4,
+            relay.port(),
+            source=ALICE_V4,
+            headers={"Authorization": f"Bearer {proxied.token}"},
+        )
+    assert refused_credential(anonymous), anonymous
+    assert admitted.status == 200, admitted
+    assert admitted.body["address"] == ALICE_V4
+    assert (admitted.body["method"], admitted.body["local"]) == ("token", False)
+    assert admitted.body["login"] == "alice@example.com"
+    assert ALICE_V4 in proxied.stand_in.whois_calls, "identity not from whois of the client"
+
+
+def proxy_v1(client: str, port: int) -> bytes:
+    return proxy_header(1, (client, 40001), (NODE_V4, 443)) + http_get(f"{NODE_V4}:443")
+
+
+def proxy_v2(client: str, port: int) -> bytes:
+    return proxy_header(2, (client, 40002), (NODE_V4, 443)) + http_get(f"{NODE_V4}:443")
+
+
+def plain_get(client: str, port: int) -> bytes:
+    return http_get(f"127.0.0.1:{port}")
+
+
+#: (id, sender, which port, request bytes (client address, port) -> bytes, expected outcome)
+PROXY_ATTACKS = [
+    ("nobody-claims-a-tailnet-peer-v1", "nobody", "forwarded", proxy_v1, ALICE_V4, "refused"),
+    ("nobody-claims-a-tailnet-peer-v2", "nobody", "forwarded", proxy_v2, ALICE_V4, "refused"),
+    ("nobody-claims-loopback", "nobody", "forwarded", proxy_v1, "127.0.0.1", "refused"),
+    ("nobody-claims-this-nodes-own-address", "nobody", "forwarded", proxy_v2, NODE_V4, "refused"),
+    (
+        "nobody-claims-a-peer-on-a-port-without-a-forward",
+        "nobody",
+        "other",
+        proxy_v1,
+        ALICE_V4,
+        "refused",
+    ),
+    (
+        "root-claims-a-peer-on-a-port-without-proxy-protocol",
+        "root",
+        "other",
+        proxy_v2,
+        ALICE_V4,
+        "refused",
+    ),
+    (
+        "nobody-without-a-header-on-the-forwarded-port",
+        "nobody",
+        "forwarded",
+        plain_get,
+        "",
+        "credential",
+    ),
+    ("nobody-without-a-header-on-the-other-port", "nobody", "other", plain_get, "", "local"),
+]
+
+
+@pytest.mark.parametrize(
+    ("sender", "which", "build", "client", "expected"),
+    [row[1:] for row in PROXY_ATTACKS],
+    ids=[row[0] for row in PROXY_ATTACKS],
+)
+def test_a_proxy_header_tailscaled_did_not_send_is_refused(
+    proxied: Tun, sender: str, which: str, build: Any, client: str, expected: str
+) -> None:
+    port = proxied.forwarded if which == "forwarded" else proxied.other
+    uid = nobody() if sender == "nobody" else os.geteuid()
+    reply = raw_as(uid, port, build(client, port))
+    assert outcome(reply) == expected, reply
