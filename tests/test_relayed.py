@@ -431,8 +431,12 @@ def test_a_relay_that_registers_nothing_is_what_root_would_be(plain: World) -> N
     ),
 )
 def test_a_relayed_client_tailscaled_has_no_node_for_is_not_local(plain: World) -> None:
+    """netstack registers every client it relays to 127.0.0.1, but whois answers 404 when the
+    registered IP is no node's (ipnlocal WhoIs: "no node for proxymapped IP"): a LAN client that
+    a subnet router without SNAT forwards to a userspace node with --accept-routes, or a node
+    removed from the netmap. The connection is tailscaled's (root), so it cannot be told from a
+    local root process by the kernel's record or by whois."""
     reply = through(plain, plain.relay, NO_NODE)
-    assert NO_NODE in plain.stand_in.tcp_map.values() or plain.relay.registered
     assert refused_credential(reply), reply
 
 
