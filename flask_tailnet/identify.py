@@ -38,7 +38,7 @@ from .identity import IdentityRule, TailscaleIdentity, decode_header_value, fold
 from .peer import Peer
 from .proxies import as_received
 from .relays import PerConnection, connection_of
-from .sockowner import loopback_client_uid
+from .sockowner import held_by, loopback_client_owner, loopback_client_uid
 from .tailscaled import LocalAPIError
 from .tailscaled_watch import Snapshot, TailscaledWatch
 
@@ -172,10 +172,9 @@ class Identify:
         self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot
     ) -> Verdict:
         """Userspace mode: netstack dials every tailnet connection to 127.0.0.1 itself. A
-        connection is local when the kernel says a user other than tailscaled's made its client
-        socket; else when whois of its client port is a 404 on the first request of a connection
-        the server names (tailscaled keeps a relayed connection's entry until the app has answered
-        and closed, so only a first request's 404 is proof). Anything else is not local. Answers
+        connection is local when the kernel says its client socket was made by a user other than
+        tailscaled's, or is not held by tailscaled's process; a connection tailscaled holds is
+        the peer whois names for ``127.0.0.1:REMOTE_PORT``. Anything else is not local. Answers
         are kept for the life of the connection, never by port."""
         connection = connection_of(environ)
         if connection is not None:
@@ -210,14 +209,21 @@ class Identify:
         snapshot: Snapshot,
     ) -> str | None:
         """:data:`_LOCAL_CONNECTION`, the tailnet address of the peer tailscaled relayed the
-        connection for, or ``None`` when that cannot be known (the request is then not local)."""
+        connection for, or ``None`` when that cannot be known (the request is then not local).
+
+        Local only on the kernel's word: the client socket was made by another user than
+        tailscaled's, or tailscaled's process does not hold it. A whois 404 is never proof: it is
+        also tailscaled's answer for a client it relayed but has no node for (a subnet router's
+        LAN client without SNAT, a node just removed)."""
         server = _server_address(environ, connection)
-        owner = None if server is None else loopback_client_uid((address, client_port), server)
+        owner = None if server is None else loopback_client_owner((address, client_port), server)
         if owner is None:
             # No such live connection in the kernel's table (its client may have closed it, and
             # tailscaled then forgets it too): nothing proves it local.
             return None
-        if snapshot.daemon_uid is not None and owner != snapshot.daemon_uid:
+        if snapshot.daemon_uid is not None and owner.uid != snapshot.daemon_uid:
+            return _LOCAL_CONNECTION
+        if snapshot.daemon_pid is not None and held_by(snapshot.daemon_pid, owner.inode) is False:
             return _LOCAL_CONNECTION
         api = snapshot.api
         if api is None:
@@ -228,9 +234,9 @@ class Identify:
             log.warning("flask-tailnet: whois of a loopback connection failed (%s): not local", exc)
             return None
         if identity is None:
-            return _LOCAL_CONNECTION if connection is not None else None
+            return None
         if snapshot.self_addresses.intersection(identity.addresses):
-            return _LOCAL_CONNECTION
+            return _LOCAL_CONNECTION  # a local process that went through tailscaled to itself
         peer_address = _preferred_address(identity)
         if peer_address is None:
             return None

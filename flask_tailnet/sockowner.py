@@ -20,8 +20,9 @@ import ipaddress
 import os
 import socket
 import struct
+from typing import NamedTuple
 
-__all__ = ["loopback_client_uid"]
+__all__ = ["Owner", "held_by", "loopback_client_owner", "loopback_client_uid"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -43,8 +44,43 @@ _MESSAGE_TAIL = struct.Struct("=IIIII")  # expires, rqueue, wqueue, uid, inode
 _SOCKID_SIZE = _SOCKID.size + _SOCKID_TAIL.size
 
 
+class Owner(NamedTuple):
+    """The kernel's record of a socket: the uid that made it, and its inode (the number of the
+    ``socket:[N]`` link in ``/proc/<pid>/fd`` of every process that holds it)."""
+
+    uid: int
+    inode: int
+
+
 def loopback_client_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None:
-    """The uid that owns the client end of the TCP connection ``client`` -> ``server``
+    """The uid of :func:`loopback_client_owner`, or None when unknown."""
+    owner = loopback_client_owner(client, server)
+    return None if owner is None else owner.uid
+
+
+def held_by(pid: int, inode: int) -> bool | None:
+    """Whether process ``pid`` holds the socket ``inode`` among its open files; None when that
+    cannot be read (``pid`` not in this PID namespace, ``/proc/<pid>/fd`` closed to this user:
+    only the process's own user and root may list it). Never raises."""
+    if pid <= 0 or inode <= 0:
+        return None
+    wanted = f"socket:[{inode}]"
+    directory = f"/proc/{pid}/fd"
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if os.readlink(entry.path) == wanted:
+                        return True
+                except OSError:
+                    continue  # closed since the listing
+    except OSError:
+        return None
+    return False
+
+
+def loopback_client_owner(client: tuple[str, int], server: tuple[str, int]) -> Owner | None:
+    """The owner of the client end of the TCP connection ``client`` -> ``server``
     (``(address, port)`` each, as the server saw them: ``REMOTE_ADDR``/``REMOTE_PORT`` and the
     listening address/``SERVER_PORT``), or None when unknown: no such connection, addresses that
     do not parse or mix families, a socket no process holds any more (TIME_WAIT, orphaned), not
@@ -77,7 +113,7 @@ def _lookup(
     client_port: int,
     server_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
     server_port: int,
-) -> int | None:
+) -> Owner | None:
     family = socket.AF_INET if client_ip.version == 4 else socket.AF_INET6
     # The client socket's own end is "src": the kernel finds the socket bound to src:sport and
     # connected to dst:dport.
@@ -104,7 +140,7 @@ def _lookup(
     if found not in exact:
         return None
     _expires, _rqueue, _wqueue, uid, inode = _MESSAGE_TAIL.unpack_from(reply, offset + _SOCKID_SIZE)
-    return uid if inode != 0 else None
+    return Owner(uid, inode) if inode != 0 else None
 
 
 def _expected(

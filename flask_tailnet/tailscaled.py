@@ -204,9 +204,15 @@ class LocalAPI:
     def daemon_uid(self) -> int | None:
         """The uid of the process listening on the socket (SO_PEERCRED), or None when it cannot be
         known."""
+        credentials = self.daemon_credentials()
+        return None if credentials is None else credentials[1]
+
+    def daemon_credentials(self) -> tuple[int, int] | None:
+        """The pid (0 when it is outside this PID namespace) and uid of the process listening on
+        the socket (SO_PEERCRED), or None when they cannot be known."""
         try:
             with self._connect(time.monotonic() + self.timeout) as sock:
-                return _peer_uid(sock)
+                return _peer_credentials(sock)
         except (OSError, LocalAPIError):
             return None
 
@@ -313,6 +319,12 @@ def _prefix(body: bytes) -> str:
 
 
 def _peer_uid(sock: socket.socket) -> int | None:
+    credentials = _peer_credentials(sock)
+    return None if credentials is None else credentials[1]
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
+    """The pid and uid of the process at the other end of ``sock`` (SO_PEERCRED)."""
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:
         return None
@@ -320,8 +332,8 @@ def _peer_uid(sock: socket.socket) -> int | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
     except OSError:
         return None
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return int(pid), int(uid)
 
 
 class _TooLong(Exception):

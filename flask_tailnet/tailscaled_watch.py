@@ -63,6 +63,8 @@ class Snapshot:
     loopback_clear: bool
     #: The uid tailscaled runs as (``SO_PEERCRED``), ``None`` when unknown.
     daemon_uid: int | None
+    #: tailscaled's pid in this PID namespace (``SO_PEERCRED``), ``None`` when unknown.
+    daemon_pid: int | None
     expires: float = field(compare=False)
     api: LocalAPI | None = field(default=None, compare=False)
 
@@ -76,7 +78,7 @@ def _snapshot(
     forwards: ServeForwards = NO_FORWARDS,
     unknown: bool = False,
     userspace: bool = False,
-    daemon_uid: int | None = None,
+    daemon: tuple[int, int] | None = None,
 ) -> Snapshot:
     forwarded = frozenset(str(p) for p in forwards.tcp_ports)
     return Snapshot(
@@ -93,7 +95,8 @@ def _snapshot(
         funnel_ports=frozenset(str(p) for p in forwards.funnel_ports),
         proxy_protocol_ports=frozenset(str(p) for p in forwards.proxy_protocol_ports),
         loopback_clear=not (unknown or userspace or forwarded),
-        daemon_uid=daemon_uid,
+        daemon_uid=None if daemon is None else daemon[1],
+        daemon_pid=None if daemon is None or daemon[0] <= 0 else daemon[0],
         expires=time.monotonic() + REFRESH_SECONDS,
         api=api,
     )
@@ -193,7 +196,7 @@ class TailscaledWatch:
             status=status,
             forwards=forwards,
             userspace=userspace,
-            daemon_uid=api.daemon_uid(),
+            daemon=api.daemon_credentials(),
         )
 
 

@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1160,6 +1162,40 @@ def _get(
     return int(head.split()[1]), body.decode()
 
 
+_GET_SCRIPT = """
+import json, socket, sys
+server, source, path, headers = json.loads(sys.argv[1])
+with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(tuple(server))
+    lines = [f"GET {path} HTTP/1.1", f"Host: {server[0]}:{server[1]}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\\r\\n".join(lines) + "\\r\\n\\r\\n").encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+head, _, body = data.partition(b"\\r\\n\\r\\n")
+print(json.dumps([int(head.split()[1]), body.decode()]))
+"""
+
+
+def _get_elsewhere(
+    server: tuple[str, int], source: str, path: str, headers: dict[str, str]
+) -> tuple[int, str]:
+    """:func:`_get` from another process (of the same user): a local client that tailscaled's
+    process (the stand-in, in this one) does not hold."""
+    done = subprocess.run(
+        [sys.executable, "-c", _GET_SCRIPT, json.dumps([server, source, path, headers])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    status, body = json.loads(done.stdout)
+    return int(status), str(body)
+
+
 @contextmanager
 def flask_run(
     settings: dict[str, Any], tmp_path: Path, host: str = ME
@@ -1204,9 +1240,9 @@ def test_real_server_identifies_peers_by_their_socket_address(tmp_path: Path) ->
 @pytest.mark.root
 def test_real_server_trusted_proxy_on_userspace_tailscaled(tmp_path: Path) -> None:
     """``flask run`` on 127.0.0.1 behind a trusted proxy at 127.0.0.1, tailscaled in userspace
-    mode. A local proxy's X-Forwarded-For names the client; a connection netstack relayed (its
-    client port registered with tailscaled) is the relayed peer, whatever X-Forwarded-For it
-    wrote."""
+    mode. A local proxy's X-Forwarded-For (another process) names the client; a connection
+    netstack relayed (its client port registered with tailscaled) is the relayed peer, whatever
+    X-Forwarded-For it wrote."""
     with trusted_directory() as directory, running_tailscaled(directory) as stand_in:
         _configure(stand_in)
         stand_in.status["TUN"] = False
@@ -1222,7 +1258,7 @@ def test_real_server_trusted_proxy_on_userspace_tailscaled(tmp_path: Path) -> No
 
         forged = {"X-Forwarded-For": ALICE}
         with flask_run(settings, tmp_path, host="127.0.0.1") as server:
-            status, body = _get(server, "127.0.0.1", "/who", forged)
+            status, body = _get_elsewhere(server, "127.0.0.1", "/who", forged)
             assert status == 200, body
             assert json.loads(body)["user"] == "alice@example.com"
             status, body = _get(server, "127.0.0.1", "/who", forged, relayed_for(BOB))
@@ -1230,9 +1266,12 @@ def test_real_server_trusted_proxy_on_userspace_tailscaled(tmp_path: Path) -> No
             status, body = _get(server, "127.0.0.1", "/who", forged, relayed_for(TAGGED))
             assert status == 200, body
             assert json.loads(body)["user"] == TAGGED_NODE
-            status, body = _get(server, "127.0.0.1", "/who", {})
+            status, body = _get_elsewhere(server, "127.0.0.1", "/who", {})
             assert status == 200, body
             assert json.loads(body)["method"] == "loopback"
+            # tailscaled's own process, unregistered: relayed for nobody it can name
+            status, body = _get(server, "127.0.0.1", "/who", {})
+            assert status == 403, body
 
 
 # ---- this node's own identity is not a remote peer's ------------------------------------------

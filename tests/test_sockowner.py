@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flask_tailnet.sockowner import loopback_client_uid
+from flask_tailnet.sockowner import held_by, loopback_client_owner, loopback_client_uid
 
 from .gunicorn_helpers import ROOT
 
@@ -225,3 +225,60 @@ def test_lookup_costs_little_next_to_a_whois_miss() -> None:
         connect = (time.perf_counter() - start) / rounds
     print(f"sock_diag lookup {lookup * 1e6:.1f} us, loopback connect {connect * 1e6:.1f} us")
     assert lookup < 10 * connect
+
+
+# ---- which process holds the socket: /proc/<pid>/fd -------------------------------------------
+
+
+def test_the_process_that_holds_the_client_socket_is_found() -> None:
+    """This process holds the client end of its own connection, and not the client end of a
+    connection another process made (the test behind "a connection tailscaled's process does not
+    hold is local")."""
+    with listening("127.0.0.1") as server:
+        client, accepted, peer, local = pair(server)
+        with client, accepted:
+            owner = loopback_client_owner(peer, local)
+            assert owner is not None
+            assert owner.uid == os.geteuid()
+            assert held_by(os.getpid(), owner.inode) is True
+        with connection_as(os.geteuid(), server) as (child, _port):
+            accepted, peer = server.accept()
+            with accepted:
+                theirs = loopback_client_owner(peer[:2], server.getsockname()[:2])
+                assert theirs is not None
+                assert held_by(os.getpid(), theirs.inode) is False
+                assert held_by(child.pid, theirs.inode) is True
+
+
+@pytest.mark.parametrize(
+    ("pid", "inode"),
+    [
+        pytest.param(0, 1234, id="pid-outside-this-namespace"),
+        pytest.param(-1, 1234, id="negative-pid"),
+        pytest.param(2**22 + 12345, 1234, id="no-such-process"),
+        pytest.param(1, 0, id="no-inode"),
+    ],
+)
+def test_a_process_that_cannot_be_read_is_unknown_never_false(pid: int, inode: int) -> None:
+    """Unknown is None, so the caller never reads "not tailscaled's" from a failure."""
+    assert held_by(pid, inode) is None
+
+
+@pytest.mark.root
+def test_another_users_process_cannot_be_listed_by_an_unprivileged_user() -> None:
+    """A user that is neither root nor the process's own cannot list its files: unknown."""
+    uid = nobody()
+    script = (  # imports first: the interpreter's files need not be readable by `nobody`
+        "import os, sys; from flask_tailnet.sockowner import held_by; os.setgroups([]); "
+        "os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1])); "
+        "print(held_by(int(sys.argv[2]), 1234))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(uid), str(os.getpid())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=True,
+    )
+    assert done.stdout.strip() == "None"
