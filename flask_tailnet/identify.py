@@ -38,7 +38,7 @@ from .identity import IdentityRule, TailscaleIdentity, decode_header_value, fold
 from .peer import Peer
 from .proxies import as_received
 from .relays import PerConnection, connection_of
-from .sockowner import held_by, loopback_client_owner, loopback_client_uid
+from .sockowner import held_by, loopback_client_owner
 from .tailscaled import LocalAPIError
 from .tailscaled_watch import Snapshot, TailscaledWatch
 
@@ -121,7 +121,8 @@ class Identify:
     def _proxy_protocol(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
         """A request whose address the server took from a PROXY protocol header (gunicorn
         ``--proxy-protocol``), which any local process may send. Believed only when the kernel
-        says tailscaled made the connection, to a port a serve TCP forward sends the header to;
+        says tailscaled made the connection (its user's socket, held by its process where that
+        can be read), to a port a serve TCP forward sends the header to;
         then it is a proxied peer, never local. Refused otherwise."""
         if verdict.outcome is Outcome.REFUSE:
             return verdict
@@ -133,10 +134,14 @@ class Identify:
             try:
                 client = connection.getpeername()  # type: ignore[attr-defined]
                 server = connection.getsockname()  # type: ignore[attr-defined]
-                owner = loopback_client_uid((client[0], client[1]), (server[0], server[1]))
+                owner = loopback_client_owner((client[0], client[1]), (server[0], server[1]))
             except (AttributeError, OSError, TypeError, ValueError, IndexError):
                 owner = None
-        if owner is None or owner != snapshot.daemon_uid:
+        if (
+            owner is None
+            or owner.uid != snapshot.daemon_uid
+            or (snapshot.daemon_pid is not None and not held_by(snapshot.daemon_pid, owner.inode))
+        ):
             if not self._warned_proxy_protocol:
                 self._warned_proxy_protocol = True
                 log.warning(

@@ -734,9 +734,10 @@ sys.stdout.buffer.write(answer)
 """
 
 
-def raw_as(uid: int, port: int, data: bytes) -> Reply:
-    """Send ``data`` to 127.0.0.1:``port`` from a process running as ``uid``; the reply."""
-    if uid == os.geteuid():
+def raw_as(uid: int, port: int, data: bytes, *, elsewhere: bool = False) -> Reply:
+    """Send ``data`` to 127.0.0.1:``port`` from a process running as ``uid`` (this one, the
+    stand-in tailscaled's, for our own uid unless ``elsewhere``); the reply."""
+    if uid == os.geteuid() and not elsewhere:
         with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
             sock.sendall(data)
             answer = b""
@@ -850,6 +851,15 @@ PROXY_ATTACKS = [
         "refused",
     ),
     (
+        # tailscaled's user, but not its process: the socket is not among its open files
+        "root-process-that-is-not-tailscaled-claims-a-peer-on-the-forwarded-port",
+        "root-elsewhere",
+        "forwarded",
+        proxy_v2,
+        ALICE_V4,
+        "refused",
+    ),
+    (
         "nobody-without-a-header-on-the-forwarded-port",
         "nobody",
         "forwarded",
@@ -871,5 +881,5 @@ def test_a_proxy_header_tailscaled_did_not_send_is_refused(
 ) -> None:
     port = proxied.forwarded if which == "forwarded" else proxied.other
     uid = nobody() if sender == "nobody" else os.geteuid()
-    reply = raw_as(uid, port, build(client, port))
+    reply = raw_as(uid, port, build(client, port), elsewhere=sender == "root-elsewhere")
     assert outcome(reply) == expected, reply
