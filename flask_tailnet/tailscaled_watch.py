@@ -173,7 +173,9 @@ class TailscaledWatch:
             # or named a socket that does not exist: a typo, or a tailscaled not started yet,
             # either of which may relay through a socket the guard cannot see.
             named_missing = self.socket_setting is not None and not os.path.lexists(choice.path)
-            unknown = not unreachable or forced is True or named_missing
+            # In userspace mode (known from an earlier answer) every relay needs whois, and
+            # there is none: say so, as the requests will find it.
+            unknown = not unreachable or bool(userspace) or named_missing
             problem = f"tailscaled at {choice.path}: {exc}"
             if named_missing:
                 problem = (
