@@ -1,37 +1,28 @@
-"""The identity step on a tailnet peer's request costs less than parsing its address once (it
-used to parse it on every request: 11 points of a bare Flask request, benchmarks/bench_wsgi.py),
-and still tells a loopback peer from a tailnet one when the loopback bypass is off."""
+"""The identity step on a known tailnet peer's request parses nothing and asks tailscaled
+nothing (it used to parse the address on every request: 11 points of a bare Flask request, see
+benchmarks/bench_wsgi.py, where its cost is measured), and still tells a loopback peer from a
+tailnet one when the loopback bypass is off."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import ipaddress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flask_tailnet.addresses import parse_ip
+from flask_tailnet import identify as identify_module
 from flask_tailnet.gate import Outcome
 
 from .conftest import TAILNET_HOST, TAILNET_PEER, call, make_app
 from .tailscaled_stand_in import StandInTailscaled
 
 
-def _best(function: Callable[[], object], number: int = 2000, repeat: int = 7) -> float:
-    """The fastest of ``repeat`` runs of ``number`` calls, per call (a loaded machine only
-    slows a run down)."""
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for _ in range(number):
-            function()
-        best = min(best, time.perf_counter() - started)
-    return best / number
-
-
-def test_a_known_tailnet_peer_costs_less_than_parsing_its_address(
-    state_dir: Path, tailscaled: StandInTailscaled
+def test_a_known_tailnet_peer_is_neither_parsed_nor_asked_again(
+    state_dir: Path, tailscaled: StandInTailscaled, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Counted, not timed: after the first request, the step on a known peer's request makes no
+    call to the address parser (``parse_ip`` or ``ipaddress``) and no whois."""
     tailscaled.add_peer(TAILNET_PEER)
     app = make_app(state_dir, tailscaled_socket=tailscaled.path)
     state = app.extensions["tailnet"]
@@ -45,10 +36,24 @@ def test_a_known_tailnet_peer_costs_less_than_parsing_its_address(
     assert verdict.outcome is Outcome.AUTHENTICATE
     identified = state.identify(environ, verdict)
     assert identified.peer.tailscale is not None  # whois answered, and is now cached
-    baseline = _best(lambda: parse_ip(TAILNET_PEER))
-    cost = _best(lambda: state.identify(environ, verdict))
-    # measured: 0.6 us against 3 us for the parse; it was 4.7 us when it parsed every time
-    assert cost < 0.7 * baseline, f"identify {cost * 1e6:.2f} us, parse {baseline * 1e6:.2f} us"
+    asked = len(tailscaled.whois_calls)
+    parsed: list[Any] = []
+    real_parse, real_address = identify_module.parse_ip, ipaddress.ip_address
+
+    def counting_parse(value: object) -> Any:
+        parsed.append(value)
+        return real_parse(value)
+
+    def counting_address(value: Any) -> Any:
+        parsed.append(value)
+        return real_address(value)
+
+    monkeypatch.setattr(identify_module, "parse_ip", counting_parse)
+    monkeypatch.setattr(ipaddress, "ip_address", counting_address)
+    for _ in range(50):
+        assert state.identify(environ, verdict) == identified
+    assert parsed == []
+    assert len(tailscaled.whois_calls) == asked
 
 
 @pytest.mark.parametrize(
