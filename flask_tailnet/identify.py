@@ -217,11 +217,14 @@ class Identify:
         connection for, or ``None`` when that cannot be known (the request is then not local).
 
         Local only on the kernel's word: the client socket was made by another user than
-        tailscaled's, or tailscaled's process does not hold it. A whois 404 is never proof: it is
+        tailscaled's, or tailscaled's process does not hold it while the socket is still live (one
+        it closed while its files were listed is in neither). A whois 404 is never proof: it is
         also tailscaled's answer for a client it relayed but has no node for (a subnet router's
         LAN client without SNAT, a node just removed)."""
         server = _server_address(environ, connection)
-        owner = None if server is None else loopback_client_owner((address, client_port), server)
+        if server is None:
+            return None
+        owner = loopback_client_owner((address, client_port), server)
         if owner is None:
             # No such live connection in the kernel's table (its client may have closed it, and
             # tailscaled then forgets it too): nothing proves it local.
@@ -229,7 +232,11 @@ class Identify:
         if snapshot.daemon_uid is not None and owner.uid != snapshot.daemon_uid:
             return _LOCAL_CONNECTION
         if snapshot.daemon_pid is not None and held_by(snapshot.daemon_pid, owner.inode) is False:
-            return _LOCAL_CONNECTION
+            # Not among tailscaled's files, or tailscaled closed it while they were listed (its
+            # client hung up): local only if the socket is still live, so some process holds it.
+            if loopback_client_owner((address, client_port), server) == owner:
+                return _LOCAL_CONNECTION
+            return None
         api = snapshot.api
         if api is None:
             return None
