@@ -9,10 +9,13 @@ at the moment the guard is between two of its own steps.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,11 @@ from werkzeug.serving import make_server
 
 from flask_tailnet import current_peer, identify
 
-from .conftest import make_app
-from .tailscaled_stand_in import StandInTailscaled
+from .conftest import addresses_on_lo, make_app
+from .gunicorn_helpers import free_port, gunicorn_env
+from .tailscaled_relay import Relay, proxy_header, relaying
+from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
+from .test_relayed import app_server
 
 _WAIT = 10.0
 
@@ -133,3 +139,102 @@ def test_a_relay_tailscaled_keeps_open_is_not_local(userspace: _Served) -> None:
         status = userspace.wait_for_answer()
     assert userspace.ran_as_local == []
     assert status.startswith("401"), status
+
+
+# ---- A PROXY header a tailnet peer writes itself, through userspace tailscaled -----------------
+
+# 100.64.43.x is this file's: no other test uses it.
+NODE = "100.64.43.1"
+ALICE = "100.64.43.7"
+BOB = "100.64.43.8"
+
+
+@dataclass
+class _Proxied:
+    stand_in: StandInTailscaled
+    netstack: Relay  # userspace tailscaled relaying a tailnet client's raw bytes (registers it)
+    forward: Relay  # serve's TCP forward with ProxyProtocol 1 (registers nothing, sends the header)
+
+
+@pytest.fixture(scope="module")
+def proxied_userspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Proxied]:
+    """gunicorn --proxy-protocol on a port that a serve TCP forward (ProxyProtocol 1) targets, on a
+    userspace-mode node: netstack also relays a tailnet client's own connection to that port."""
+    tmp = tmp_path_factory.mktemp("proxied-userspace")
+    with ExitStack() as stack:
+        stack.enter_context(addresses_on_lo([f"{a}/32" for a in (NODE, ALICE, BOB)]))
+        directory = stack.enter_context(trusted_directory())
+        stand_in = stack.enter_context(running_tailscaled(directory))
+        stand_in.status["TUN"] = False
+        stand_in.status["TailscaleIPs"] = [NODE]
+        stand_in.status["Self"]["TailscaleIPs"] = [NODE]
+        stand_in.add_peer(ALICE, login="alice@example.com", node="alice.tail1a2b3.ts.net")
+        stand_in.add_peer(BOB, login="bob@example.com", node="bob.tail1a2b3.ts.net")
+        port = free_port()
+        stand_in.serve_config = {
+            "TCP": {"443": {"TCPForward": f"127.0.0.1:{port}", "ProxyProtocol": 1}}
+        }
+        env = gunicorn_env(
+            tmp / "state",
+            FLASK_TAILNET_TAILSCALED_SOCKET=stand_in.path,
+            FLASK_TAILNET_TAILSCALE_LOGIN="true",
+            FLASK_TAILNET_ALLOWED_USERS="alice@example.com",
+        )
+        stack.enter_context(app_server("gunicorn-gthread", [port], env, tmp, ["--proxy-protocol"]))
+        netstack = stack.enter_context(relaying([NODE], port, stand_in))
+        forward = stack.enter_context(
+            relaying([NODE], port, stand_in, register="never", proxy_protocol=1)
+        )
+        yield _Proxied(stand_in, netstack, forward)
+
+
+def _send_from(source: str, port: int, data: bytes) -> tuple[int, dict[str, Any]]:
+    """``data`` from a socket bound to the tailnet address ``source`` to NODE:``port``; the
+    status and JSON body of the answer."""
+    with socket.create_connection((NODE, port), timeout=15, source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode("latin-1").partition("\r\n\r\n")
+    status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/") else 0
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = {"raw": body[:200]}
+    return status, parsed if isinstance(parsed, dict) else {"raw": parsed}
+
+
+def _get(host: str) -> bytes:
+    return f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "version",
+    [1, 2],
+    ids=["peer-writes-proxy-v1-naming-alice", "peer-writes-proxy-v2-naming-alice"],
+)
+def test_a_proxy_header_a_tailnet_peer_wrote_is_not_believed(
+    proxied_userspace: _Proxied, version: int
+) -> None:
+    """bob connects to the node's own address on the app's port: userspace tailscaled relays his
+    raw bytes to 127.0.0.1 from its own process, like the forward that sends PROXY headers. The
+    PROXY header naming alice is bob's own: he must not be served as alice (nor as anyone)."""
+    header = proxy_header(version, (ALICE, 40001), (NODE, 443))
+    status, body = _send_from(BOB, proxied_userspace.netstack.port(), header + _get(f"{NODE}:443"))
+    assert body.get("login") != "alice@example.com", body
+    assert status == 403, (status, body)
+
+
+@pytest.mark.root
+def test_the_forwards_own_proxy_header_is_still_believed(proxied_userspace: _Proxied) -> None:
+    """The case the fix must not break: the serve forward's header names alice, who is served
+    as herself by Tailscale login."""
+    status, body = _send_from(ALICE, proxied_userspace.forward.port(), _get(f"{NODE}:443"))
+    assert status == 200, (status, body)
+    assert (body["method"], body["login"], body["address"]) == (
+        "tailscale",
+        "alice@example.com",
+        ALICE,
+    )
