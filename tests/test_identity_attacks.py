@@ -10,6 +10,7 @@ at the moment the guard is between two of its own steps.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from flask_tailnet import current_peer, identify
+from flask_tailnet import current_peer, identify, sockowner
 
 from .conftest import addresses_on_lo, make_app
 from .gunicorn_helpers import free_port, gunicorn_env
@@ -238,3 +239,30 @@ def test_the_forwards_own_proxy_header_is_still_believed(proxied_userspace: _Pro
         "alice@example.com",
         ALICE,
     )
+
+
+# ---- tailscaled's pid, once tailscaled has gone ---------------------------------------------
+
+
+def test_a_dead_unreaped_tailscaled_holds_nothing_known() -> None:
+    """tailscaled exited (crashed, restarted) and its parent has not reaped it yet: its pid is a
+    zombie, whose open-file list is empty. Until the next snapshot names the new tailscaled, every
+    relay of tailscaled's user would be "not held by tailscaled's process", so local: the list of
+    a process that holds no file at all (every live tailscaled holds its LocalAPI socket) is
+    unknown, never proof."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        inode = os.fstat(sock.fileno()).st_ino
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        try:
+            deadline = time.monotonic() + _WAIT
+            while time.monotonic() < deadline:
+                with open(f"/proc/{pid}/stat") as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+                time.sleep(0.01)
+            assert sockowner.held_by(pid, inode) is None
+        finally:
+            os.waitpid(pid, 0)
