@@ -101,6 +101,7 @@ class Identify:
         )
         self._known = self._cache.entries
         self._connections: PerConnection[str] = PerConnection()
+        self._forward_connections: PerConnection[bool] = PerConnection()
         self._reported_missing = False
         self._warned_proxy_protocol = False
 
@@ -122,38 +123,63 @@ class Identify:
         """A request whose address the server took from a PROXY protocol header (gunicorn
         ``--proxy-protocol``), which any local process may send. Believed only when the kernel
         says tailscaled made the connection (its user's socket, held by its process where that
-        can be read), to a port a serve TCP forward sends the header to;
-        then it is a proxied peer, never local. Refused otherwise."""
+        can be read), to a port a serve TCP forward sends the header to, and, in userspace mode,
+        whois does not name the connection's own client: netstack relays a tailnet peer's raw
+        bytes to that port from tailscaled's process too, and then the header is the peer's own
+        (refused). Then it is a proxied peer, never local. Refused otherwise."""
         if verdict.outcome is Outcome.REFUSE:
             return verdict
         snapshot = self.watch.current()
         connection = connection_of(environ)
         port = as_received(environ).get("SERVER_PORT")
         owner = None
+        client: tuple[str, int] | None = None
         if connection is not None and port in snapshot.proxy_protocol_ports:
             try:
-                client = connection.getpeername()  # type: ignore[attr-defined]
+                peer = connection.getpeername()  # type: ignore[attr-defined]
                 server = connection.getsockname()  # type: ignore[attr-defined]
-                owner = loopback_client_owner((client[0], client[1]), (server[0], server[1]))
+                client = (str(peer[0]), int(peer[1]))
+                owner = loopback_client_owner(client, (server[0], server[1]))
             except (AttributeError, OSError, TypeError, ValueError, IndexError):
                 owner = None
         if (
             owner is None
+            or client is None
             or owner.uid != snapshot.daemon_uid
             or (snapshot.daemon_pid is not None and not held_by(snapshot.daemon_pid, owner.inode))
+            or (snapshot.userspace and not self._sent_by_a_forward(connection, client, snapshot))
         ):
             if not self._warned_proxy_protocol:
                 self._warned_proxy_protocol = True
                 log.warning(
                     "flask-tailnet: a request carried a PROXY protocol header that tailscaled did "
-                    "not send (no serve TCP forward with ProxyProtocol to this port, or another "
-                    "process made the connection): refused"
+                    "not send (no serve TCP forward with ProxyProtocol to this port, another "
+                    "process made the connection, or a tailnet peer wrote it): refused"
                 )
             return REFUSED
         if verdict.outcome is Outcome.SERVE:
             return self._relayed_anonymous()
         peer = verdict.peer
         return Verdict(Outcome.AUTHENTICATE, Peer(peer.address, "none", via_proxy=True))
+
+    def _sent_by_a_forward(
+        self, connection: object, client: tuple[str, int], snapshot: Snapshot
+    ) -> bool:
+        """Userspace mode: whether a connection tailscaled made carries a serve forward's PROXY
+        header, not a tailnet peer's: whois knows netstack's relays by their client port (so the
+        peer is named), never a forward's (404). Kept for the connection: a forward's 404 costs
+        tailscaled's wait of about 180 ms once per connection."""
+        known = self._forward_connections.get(connection)
+        if known is not None:
+            return known
+        api = snapshot.api
+        try:
+            sent = api is not None and api.whois(client[0], client[1]) is None
+        except (LocalAPIError, ValueError) as exc:
+            log.warning("flask-tailnet: whois of a PROXY protocol connection failed (%s)", exc)
+            sent = False
+        self._forward_connections.put(connection, sent)
+        return sent
 
     # -- loopback -------------------------------------------------------------------------------
 
@@ -217,11 +243,14 @@ class Identify:
         connection for, or ``None`` when that cannot be known (the request is then not local).
 
         Local only on the kernel's word: the client socket was made by another user than
-        tailscaled's, or tailscaled's process does not hold it. A whois 404 is never proof: it is
+        tailscaled's, or tailscaled's process does not hold it while the socket is still live (one
+        it closed while its files were listed is in neither). A whois 404 is never proof: it is
         also tailscaled's answer for a client it relayed but has no node for (a subnet router's
         LAN client without SNAT, a node just removed)."""
         server = _server_address(environ, connection)
-        owner = None if server is None else loopback_client_owner((address, client_port), server)
+        if server is None:
+            return None
+        owner = loopback_client_owner((address, client_port), server)
         if owner is None:
             # No such live connection in the kernel's table (its client may have closed it, and
             # tailscaled then forgets it too): nothing proves it local.
@@ -229,7 +258,11 @@ class Identify:
         if snapshot.daemon_uid is not None and owner.uid != snapshot.daemon_uid:
             return _LOCAL_CONNECTION
         if snapshot.daemon_pid is not None and held_by(snapshot.daemon_pid, owner.inode) is False:
-            return _LOCAL_CONNECTION
+            # Not among tailscaled's files, or tailscaled closed it while they were listed (its
+            # client hung up): local only if the socket is still live, so some process holds it.
+            if loopback_client_owner((address, client_port), server) == owner:
+                return _LOCAL_CONNECTION
+            return None
         api = snapshot.api
         if api is None:
             return None

@@ -61,14 +61,17 @@ def loopback_client_uid(client: tuple[str, int], server: tuple[str, int]) -> int
 def held_by(pid: int, inode: int) -> bool | None:
     """Whether process ``pid`` holds the socket ``inode`` among its open files; None when that
     cannot be read (``pid`` not in this PID namespace, ``/proc/<pid>/fd`` closed to this user:
-    only the process's own user and root may list it). Never raises."""
+    only the process's own user and root may list it) or the process holds no file at all (it
+    exited and is not reaped yet: a zombie's list is empty, and proves nothing). Never raises."""
     if pid <= 0 or inode <= 0:
         return None
     wanted = f"socket:[{inode}]"
     directory = f"/proc/{pid}/fd"
+    listed = False
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
+                listed = True
                 try:
                     if os.readlink(entry.path) == wanted:
                         return True
@@ -76,7 +79,7 @@ def held_by(pid: int, inode: int) -> bool | None:
                     continue  # closed since the listing
     except OSError:
         return None
-    return False
+    return False if listed else None
 
 
 def loopback_client_owner(client: tuple[str, int], server: tuple[str, int]) -> Owner | None:
