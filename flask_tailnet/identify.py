@@ -274,7 +274,10 @@ class Identify:
         if identity is None:
             return None
         if snapshot.self_addresses.intersection(identity.addresses):
-            return _LOCAL_CONNECTION  # a local process that went through tailscaled to itself
+            # Only tailscaled's own outbound proxy makes such a connection, and a tailnet peer
+            # that netstack relays to that proxy's port can go through it: not local, and this
+            # node's identity (its owner's) is nobody's.
+            return None
         peer_address = _preferred_address(identity)
         if peer_address is None:
             return None

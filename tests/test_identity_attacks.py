@@ -142,6 +142,33 @@ def test_a_relay_tailscaled_keeps_open_is_not_local(userspace: _Served) -> None:
     assert status.startswith("401"), status
 
 
+def test_a_relay_whois_names_as_this_node_is_not_local(
+    tailscaled: StandInTailscaled, state_dir: Path
+) -> None:
+    """A relayed connection whose client whois names as this node itself: in userspace mode only
+    tailscaled's own outbound proxy (SOCKS5 / HTTP on localhost) makes one, and a tailnet peer that
+    netstack relays to that proxy's port can go through it back to this node. Not local, and the
+    node's identity (its owner's login) is no identity."""
+    me = "100.64.43.1"
+    tailscaled.status["TUN"] = False
+    tailscaled.status["TailscaleIPs"] = [me]
+    tailscaled.status["Self"]["TailscaleIPs"] = [me]
+    tailscaled.add_peer(me, login="owner@example.com", node="server.tail1a2b3.ts.net")
+    served = _Served(make_app(state_dir, TAILNET_TAILSCALED_SOCKET=tailscaled.path))
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=_WAIT) as relay:
+            tailscaled.register_tcp(f"127.0.0.1:{relay.getsockname()[1]}", f"{me}:41641")
+            relay.sendall(
+                f"POST /act HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
+            status = served.wait_for_answer()
+    finally:
+        served.stop()
+    assert served.ran_as_local == [], "a relay that whois names as this node was served as local"
+    assert status.startswith("401"), status
+
+
 # ---- A PROXY header a tailnet peer writes itself, through userspace tailscaled -----------------
 
 # 100.64.43.x is this file's: no other test uses it.
