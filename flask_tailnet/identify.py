@@ -281,7 +281,7 @@ class Identify:
         peer_address = _preferred_address(identity)
         if peer_address is None:
             return None
-        self._remember(peer_address, identity)
+        self._remember(peer_address, identity if self._asks else None)
         return peer_address
 
     def _relayed_anonymous(self) -> Verdict:
@@ -373,8 +373,8 @@ class Identify:
         identity: TailscaleIdentity | None = None
         seconds = IDENTITY_SECONDS
         api = self.watch.current().api
-        if not is_tailnet(parse_ip(address)):
-            pass  # not a tailnet address: nobody tailscaled could name
+        if not self._asks or not is_tailnet(parse_ip(address)):
+            pass  # identity off, or not a tailnet address: nobody tailscaled could name
         elif api is None:
             self._report_missing()
             seconds = FAILURE_SECONDS

@@ -307,6 +307,32 @@ def test_relayed_request_with_token_is_the_peer(plain: World, source: str) -> No
     assert reply.body["node"] == "alice-laptop.tail1a2b3.ts.net"
 
 
+@pytest.fixture(scope="module")
+def identity_off(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Userspace mode with TAILNET_IDENTITY="off" (relays are still told apart)."""
+    with userspace_world(
+        "gunicorn-gthread", tmp_path_factory.mktemp("off"), FLASK_TAILNET_IDENTITY="off"
+    ) as world:
+        yield world
+
+
+def test_with_identity_off_a_relayed_peer_has_no_identity(identity_off: World) -> None:
+    """Identity "off" still tells relays apart (the peer is its tailnet address, never local),
+    but gives the relayed peer no Tailscale identity, as it gives a direct peer none."""
+    anonymous = through(identity_off, identity_off.relay, ALICE_V4)
+    assert refused_credential(anonymous), anonymous
+    reply = through(
+        identity_off,
+        identity_off.relay,
+        ALICE_V4,
+        headers={"Authorization": f"Bearer {identity_off.token}"},
+    )
+    assert reply.status == 200, reply
+    assert (reply.body["method"], reply.body["address"]) == ("token", ALICE_V4)
+    assert reply.body["local"] is False
+    assert reply.body.get("login") is None
+
+
 # ---- 1b: Tailscale login and the gate ---------------------------------------------------------
 
 #: (id, client address, token?, expected status, expected user)
