@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from flask_tailnet import addresses
 from flask_tailnet import identify as identify_module
 from flask_tailnet.gate import Outcome
 
@@ -38,7 +39,7 @@ def test_a_known_tailnet_peer_is_neither_parsed_nor_asked_again(
     assert identified.peer.tailscale is not None  # whois answered, and is now cached
     asked = len(tailscaled.whois_calls)
     parsed: list[Any] = []
-    real_parse, real_address = identify_module.parse_ip, ipaddress.ip_address
+    real_parse, real_address = addresses.parse_ip, ipaddress.ip_address
 
     def counting_parse(value: object) -> Any:
         parsed.append(value)
