@@ -237,7 +237,8 @@ def status_command() -> None:
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind, conf.network),
     ]
     snapshot = state.identify.watch.refresh()
-    for found in describe(snapshot):  # "tailscaled: ...", "loopback: ...": a label each
+    needs_identity = conf.needs_identity
+    for found in describe(snapshot, needs_identity=needs_identity):  # a label each
         label, _, text = found.partition(": ")
         lines.append(f"{label + ':':<17} {text}")
     lines.append(f"identity:         {_identity_summary(conf)}")
@@ -259,7 +260,13 @@ def status_command() -> None:
         (
             relay_unknown,
             "the guard cannot tell loopback requests that tailscaled relayed from local ones: "
-            "every loopback request must authenticate (see the tailscaled lines)",
+            + (
+                "every loopback request is refused (403), a gate or 'required' identity needing "
+                "an identity nobody can give"
+                if needs_identity
+                else "every loopback request must authenticate"
+            )
+            + " (see the tailscaled lines)",
         ),
         (identity_missing, "no remote peer gets in: see the identity line marked UNUSABLE"),
     ]

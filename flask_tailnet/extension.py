@@ -357,7 +357,8 @@ def _log_tailscaled(state: GuardState) -> None:
     """The start-up line: what the guard found of tailscaled (a warning when a loopback request
     cannot be trusted as local, an error when ``"required"`` identity has no tailscaled)."""
     snapshot = state.identify.watch.current()
-    text = "flask-tailnet: " + "; ".join(describe(snapshot))
+    lines = describe(snapshot, needs_identity=state.settings.needs_identity)
+    text = "flask-tailnet: " + "; ".join(lines)
     if state.settings.identity == "required" and not snapshot.reachable:
         log.error(
             "%s; TAILNET_IDENTITY is 'required': every remote peer is refused until "

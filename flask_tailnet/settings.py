@@ -164,6 +164,12 @@ class Settings:
     tailscale_login: bool = False
     userspace: Literal["auto"] | bool = "auto"
 
+    @property
+    def needs_identity(self) -> bool:
+        """Whether a remote peer nobody can name is refused (403) rather than asked for a
+        credential: a gate is set, or ``TAILNET_IDENTITY`` is ``"required"``."""
+        return self.identity == "required" or self.identity_rule.restricts
+
 
 def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Settings:
     """Validate the ``TAILNET_*`` keys of ``config``; a bad one raises :class:`ConfigurationError`.

@@ -212,17 +212,23 @@ def _container_socket_present(configured: str | None) -> bool:
         return False
 
 
-def describe(snapshot: Snapshot) -> list[str]:
+def describe(snapshot: Snapshot, *, needs_identity: bool = False) -> list[str]:
     """What the guard found, a line each: the start-up log line and ``flask tailnet status`` say
     the same. The first line names tailscaled and its mode; the rest, what it relays to
-    loopback."""
+    loopback. ``needs_identity``: a gate is set or identity is ``"required"``, so a loopback
+    request that is not local and names nobody is refused (403), not asked for a credential."""
     if snapshot.socket is None and snapshot.problem is None:
         return ["tailscaled: not found on this host (loopback requests are local)"]
     if not snapshot.reachable:
         lines = [f"tailscaled: NOT READABLE: {snapshot.problem}"]
         if snapshot.unknown:
             lines.append(
-                "loopback: NOT LOCAL: every loopback request must authenticate until it answers"
+                "loopback: NOT LOCAL: every loopback request is refused (403: a gate or "
+                "TAILNET_IDENTITY='required' needs an identity, and nobody can be named) until it "
+                "answers"
+                if needs_identity
+                else "loopback: NOT LOCAL: every loopback request must authenticate until it "
+                "answers"
             )
         else:
             lines.append("loopback: local (tailscaled is not running, so it relays nothing)")
