@@ -92,7 +92,8 @@ REQUIRED_CAPABILITY = "TAILNET_REQUIRED_CAPABILITY"
 #: least one of them set.
 TAILSCALE_LOGIN = "TAILNET_TAILSCALE_LOGIN"
 #: Whether tailscaled runs in userspace-networking mode (and so dials the app from 127.0.0.1):
-#: ``"auto"`` (ask tailscaled), ``True`` or ``False``.
+#: ``"auto"`` (ask tailscaled), ``True`` or ``False``. ``False`` never overrules a tailscaled that
+#: says it runs in userspace mode (that would serve every relayed peer as local).
 USERSPACE = "TAILNET_USERSPACE"
 
 #: gunicorn's port, for a bind spec without one and for the default binds (``$PORT`` overrides it

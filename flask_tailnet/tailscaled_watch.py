@@ -190,10 +190,18 @@ class TailscaledWatch:
                 userspace=bool(userspace),
             )
         self._last_tun = status.tun
-        userspace = (not status.tun) if forced == "auto" else bool(forced)
+        # TAILNET_USERSPACE=False cannot overrule a tailscaled that says it runs in userspace
+        # mode: believing it would serve every relayed tailnet peer as local.
+        userspace = not status.tun or forced is True
+        overruled: str | None = None
+        if forced is False and not status.tun:
+            overruled = (
+                "TAILNET_USERSPACE is False, but tailscaled says it runs in userspace networking "
+                "mode: treated as userspace (remove the setting)"
+            )
         return _snapshot(
             socket=choice.path,
-            problem=None,
+            problem=overruled,
             api=api,
             status=status,
             forwards=forwards,
@@ -235,6 +243,8 @@ def describe(snapshot: Snapshot, *, needs_identity: bool = False) -> list[str]:
         return lines
     mode = "userspace networking" if snapshot.userspace else "TUN"
     lines = [f"tailscaled: {snapshot.version} at {snapshot.socket}, {mode}"]
+    if snapshot.problem is not None:
+        lines.append(f"setting: {snapshot.problem}")
     if snapshot.userspace:
         lines.append(
             "loopback: relayed connections are told apart by whois of 127.0.0.1:REMOTE_PORT; "

@@ -4,7 +4,11 @@ operator after a token that cannot help)."""
 
 from __future__ import annotations
 
+import http.client
 import logging
+import os
+import socket
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,10 @@ from flask_tailnet import tailscaled_watch
 from flask_tailnet.cli import tailnet
 
 from .cli_helpers import status_value
-from .conftest import call, make_app
-from .tailscaled_stand_in import StandInTailscaled
+from .conftest import addresses_on_lo, call, make_app
+from .gunicorn_helpers import free_port, gunicorn_env, running
+from .tailscaled_relay import relaying
+from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +90,55 @@ def test_with_a_gate_an_unreadable_tailscaled_is_said_to_refuse_loopback_not_to_
     for text in (line, said, result.stderr):
         assert "must authenticate" not in text, text
         assert "refused" in text, text
+
+
+# ---- TAILNET_USERSPACE=False against a tailscaled that says it runs in userspace mode ----------
+
+NODE = "100.64.108.1"
+ALICE = "100.64.108.7"
+
+
+@pytest.mark.root
+def test_userspace_false_cannot_make_a_userspace_tailscaleds_relays_local(tmp_path: Path) -> None:
+    """An operator who sets ``TAILNET_USERSPACE=False`` ("I don't use userspace networking") on a
+    node whose tailscaled says ``TUN: false`` would have every tailnet peer served as local: the
+    setting cannot say more than tailscaled does. The start-up line must not say TUN either."""
+    if os.geteuid() != 0:
+        pytest.skip("adds tailnet addresses to lo")
+    with ExitStack() as stack:
+        stack.enter_context(addresses_on_lo([f"{NODE}/32", f"{ALICE}/32"]))
+        stand_in = stack.enter_context(running_tailscaled(stack.enter_context(trusted_directory())))
+        stand_in.status["TUN"] = False
+        stand_in.add_peer(ALICE, login="alice@example.com")
+        port = free_port()
+        log = tmp_path / "gunicorn.log"
+        env = gunicorn_env(
+            tmp_path / "state",
+            FLASK_TAILNET_TAILSCALED_SOCKET=stand_in.path,
+            FLASK_TAILNET_USERSPACE="false",  # JSON false, as an env var gives it
+        )
+        stack.enter_context(
+            running(
+                [("127.0.0.1", port)],
+                state_dir=tmp_path,
+                stderr_path=log,
+                workers=1,
+                app="tests.relayed_app:create_app()",
+                env=env,
+            )
+        )
+        relay = stack.enter_context(relaying([NODE], port, stand_in))
+        conn = http.client.HTTPConnection(
+            NODE, relay.port(socket.AF_INET), timeout=15, source_address=(ALICE, 0)
+        )
+        try:
+            conn.request("GET", "/", headers={"Host": f"{NODE}:{port}"})
+            answer = conn.getresponse()
+            body = answer.read()
+        finally:
+            conn.close()
+        started = log.read_text()
+    assert answer.status in (401, 303), (answer.status, body)  # the peer, never local
+    [line] = [x for x in started.splitlines() if "flask-tailnet: tailscaled:" in x][:1]
+    assert ", TUN" not in line, line
+    assert "userspace" in line, line
