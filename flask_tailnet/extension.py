@@ -355,16 +355,14 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
 
 def _log_tailscaled(state: GuardState) -> None:
     """The start-up line: what the guard found of tailscaled (a warning when a loopback request
-    cannot be trusted as local, an error when ``"required"`` identity has no tailscaled)."""
+    cannot be trusted as local, an error when ``"required"`` identity or a gate has no
+    tailscaled: every remote peer is then refused)."""
     snapshot = state.identify.watch.current()
     lines = describe(snapshot, needs_identity=state.settings.needs_identity)
     text = "flask-tailnet: " + "; ".join(lines)
-    if state.settings.identity == "required" and not snapshot.reachable:
-        log.error(
-            "%s; TAILNET_IDENTITY is 'required': every remote peer is refused until "
-            "tailscaled answers",
-            text,
-        )
+    needed_by = state.settings.identity_needed_by
+    if needed_by is not None and not snapshot.reachable:
+        log.error("%s; %s: every remote peer is refused until tailscaled answers", text, needed_by)
     elif snapshot.unknown or snapshot.problem is not None:
         log.warning("%s", text)
     else:

@@ -169,7 +169,18 @@ class Settings:
     def needs_identity(self) -> bool:
         """Whether a remote peer nobody can name is refused (403) rather than asked for a
         credential: a gate is set, or ``TAILNET_IDENTITY`` is ``"required"``."""
-        return self.identity == "required" or self.identity_rule.restricts
+        return self.identity_needed_by is not None
+
+    @property
+    def identity_needed_by(self) -> str | None:
+        """Which setting refuses a peer without a Tailscale identity, for messages; ``None``
+        when none does."""
+        if self.identity == "required":
+            return f"{IDENTITY} is 'required'"
+        if self.identity_rule.restricts:
+            gates = f"{ALLOWED_USERS}, {ALLOWED_TAGS} or {REQUIRED_CAPABILITY}"
+            return f"a gate needs an identity ({gates})"
+        return None
 
 
 def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Settings:

@@ -142,3 +142,43 @@ def test_userspace_false_cannot_make_a_userspace_tailscaleds_relays_local(tmp_pa
     [line] = [x for x in started.splitlines() if "flask-tailnet: tailscaled:" in x][:1]
     assert ", TUN" not in line, line
     assert "userspace" in line, line
+
+
+# ---- a gate set where no tailscaled answers: every remote peer is refused, say so -------------
+
+NO_TAILSCALED = {
+    "no-socket-on-this-host": lambda tmp_path: {},
+    "named-socket-typo": lambda tmp_path: {"tailscaled_socket": str(tmp_path / "tailscaled.sokc")},
+}
+
+
+@pytest.mark.parametrize("where", NO_TAILSCALED.values(), ids=NO_TAILSCALED.keys())
+@pytest.mark.parametrize(
+    "gate", [g for k, g in GATES.items() if k != "identity-required"], ids=list(GATES)[:3]
+)
+def test_a_gate_without_tailscaled_is_reported_as_refusing_every_remote_peer(
+    caplog: pytest.LogCaptureFixture,
+    state_dir: Path,
+    tmp_path: Path,
+    where: Any,
+    gate: dict[str, Any],
+) -> None:
+    """A gate needs an identity, and without tailscaled nobody has one: every remote peer gets
+    403, whatever credential it presents. The start-up line (an error) and ``status`` (exit 1)
+    must say so, as they do for ``TAILNET_IDENTITY="required"``."""
+    with caplog.at_level(logging.DEBUG, logger="flask_tailnet"):
+        app = make_app(state_dir, auth="token", **where(tmp_path), **gate)
+    the_token = app.extensions["tailnet"].token_file.ensure().decode()
+    answer = call(
+        app.test_client(),
+        peer="100.64.108.7",
+        host="100.64.108.1",
+        headers={"Authorization": f"Bearer {the_token}"},
+    )
+    assert answer.status_code == 403  # what a remote peer really gets
+    started = [r for r in caplog.records if "tailscaled" in r.getMessage()]
+    assert started[0].levelno == logging.ERROR, started[0].getMessage()
+    assert "every remote peer is refused" in started[0].getMessage()
+    result = app.test_cli_runner().invoke(tailnet, ["status"])
+    assert result.exit_code == 1, result.stdout
+    assert "every remote peer is refused" in result.stdout + result.stderr
