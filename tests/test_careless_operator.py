@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from flask_tailnet import ConfigurationError, tailscaled_watch
 from flask_tailnet import tailscaled as tailscaled_module
-from flask_tailnet import tailscaled_watch
 from flask_tailnet.cli import tailnet
 
 from .cli_helpers import status_value
@@ -182,3 +182,35 @@ def test_a_gate_without_tailscaled_is_reported_as_refusing_every_remote_peer(
     result = app.test_cli_runner().invoke(tailnet, ["status"])
     assert result.exit_code == 1, result.stdout
     assert "every remote peer is refused" in result.stdout + result.stderr
+
+
+# ---- TAILNET_ALLOWED_USERS entries that can never match a login -------------------------------
+
+NEVER_A_LOGIN = {
+    "json-list-as-one-string": '["alice@example.com"]',
+    "json-list-of-two-as-one-string": '["alice@example.com", "bob@example.com"]',
+    "quoted-login": '"alice@example.com"',
+    "bare-user-name": "alice",
+    "display-name": "Alice",
+}
+
+
+@pytest.mark.parametrize("value", NEVER_A_LOGIN.values(), ids=NEVER_A_LOGIN.keys())
+def test_an_allowed_user_that_can_never_match_a_login_is_refused_at_start(
+    state_dir: Path, value: str
+) -> None:
+    """Tailscale login names are ``user@domain`` (``alice@github`` too). An entry with no ``@``,
+    or JSON punctuation from a list pasted as one string, matches nobody: the app would start
+    and answer 403 to every remote peer, with the gates line showing the mistake only to someone
+    who reads it closely. It is refused at start, saying what to write."""
+    with pytest.raises(ConfigurationError, match="TAILNET_ALLOWED_USERS") as raised:
+        make_app(state_dir, auth="token", allowed_users=value)
+    assert "@" in str(raised.value)
+
+
+def test_an_apostrophe_in_a_login_is_still_a_login(state_dir: Path) -> None:
+    app = make_app(state_dir, auth="token", allowed_users="o'brien@example.com, alice@github")
+    assert app.extensions["tailnet"].settings.identity_rule.users == {
+        "o'brien@example.com",
+        "alice@github",
+    }
