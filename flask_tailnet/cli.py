@@ -238,7 +238,10 @@ def status_command() -> None:
     ]
     snapshot = state.identify.watch.refresh()
     needs_identity = conf.needs_identity
-    for found in describe(snapshot, needs_identity=needs_identity):  # a label each
+    found_lines = describe(
+        snapshot, needs_identity=needs_identity, funnel_served=conf.network == "any"
+    )
+    for found in found_lines:  # "tailscaled: ...", "loopback: ...": a label each
         label, _, text = found.partition(": ")
         lines.append(f"{label + ':':<17} {text}")
     lines.append(f"identity:         {_identity_summary(conf)}")

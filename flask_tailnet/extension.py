@@ -358,7 +358,10 @@ def _log_tailscaled(state: GuardState) -> None:
     cannot be trusted as local, an error when ``"required"`` identity or a gate has no
     tailscaled: every remote peer is then refused)."""
     snapshot = state.identify.watch.current()
-    lines = describe(snapshot, needs_identity=state.settings.needs_identity)
+    conf = state.settings
+    lines = describe(
+        snapshot, needs_identity=conf.needs_identity, funnel_served=conf.network == "any"
+    )
     text = "flask-tailnet: " + "; ".join(lines)
     needed_by = state.settings.identity_needed_by
     if needed_by is not None and not snapshot.reachable:

@@ -220,11 +220,15 @@ def _container_socket_present(configured: str | None) -> bool:
         return False
 
 
-def describe(snapshot: Snapshot, *, needs_identity: bool = False) -> list[str]:
+def describe(
+    snapshot: Snapshot, *, needs_identity: bool = False, funnel_served: bool = False
+) -> list[str]:
     """What the guard found, a line each: the start-up log line and ``flask tailnet status`` say
     the same. The first line names tailscaled and its mode; the rest, what it relays to
-    loopback. ``needs_identity``: a gate is set or identity is ``"required"``, so a loopback
-    request that is not local and names nobody is refused (403), not asked for a credential."""
+    loopback, and where such requests are refused (403) whatever credential they present.
+    ``needs_identity``: a gate is set or identity is ``"required"``, so a loopback request that
+    is not local and names nobody is refused, not asked for a credential. ``funnel_served``: the
+    network policy is ``"any"``, so a Funnel-published forward is served (else refused)."""
     if snapshot.socket is None and snapshot.problem is None:
         return ["tailscaled: not found on this host (loopback requests are local)"]
     if not snapshot.reachable:
@@ -250,12 +254,43 @@ def describe(snapshot: Snapshot, *, needs_identity: bool = False) -> list[str]:
             "loopback: relayed connections are told apart by whois of 127.0.0.1:REMOTE_PORT; "
             "only the others are local"
         )
-    if snapshot.forwarded_ports:
-        ports = ", ".join(sorted(snapshot.forwarded_ports, key=int))
-        lines.append(f"tailscale serve: forwards raw TCP to port {ports}: not local there")
+    lines += _forward_lines(snapshot, needs_identity=needs_identity)
     if snapshot.funnel_ports:
-        ports = ", ".join(sorted(snapshot.funnel_ports, key=int))
-        lines.append(f"tailscale funnel: ON for the TCP forward to port {ports} (public)")
+        refused = "" if funnel_served else ": refused there (403) unless TAILNET_NETWORK is 'any'"
+        lines.append(
+            f"tailscale funnel: ON for the TCP forward to port {_ports(snapshot.funnel_ports)} "
+            f"(public){refused}"
+        )
     if not snapshot.userspace and not snapshot.forwarded_ports:
         lines.append("loopback: local (tailscaled relays nothing to it)")
+    return lines
+
+
+def _ports(ports: frozenset[str]) -> str:
+    return ", ".join(sorted(ports, key=int))
+
+
+def _forward_lines(snapshot: Snapshot, *, needs_identity: bool) -> list[str]:
+    """The ``tailscale serve`` lines: which ports serve forwards raw TCP to, and, when a gate or
+    ``"required"`` needs an identity, that loopback requests there are refused unless a PROXY
+    header from tailscaled names the peer."""
+    forwarded = snapshot.forwarded_ports
+    if not forwarded:
+        return []
+    if not needs_identity:
+        return [f"tailscale serve: forwards raw TCP to port {_ports(forwarded)}: not local there"]
+    named = forwarded & snapshot.proxy_protocol_ports
+    anonymous = forwarded - named
+    lines = []
+    if anonymous:
+        lines.append(
+            f"tailscale serve: forwards raw TCP to port {_ports(anonymous)}: not local, and "
+            "refused there (403): nobody can be named, and a gate or TAILNET_IDENTITY='required' "
+            "needs an identity"
+        )
+    if named:
+        lines.append(
+            f"tailscale serve: forwards raw TCP with a PROXY header to port {_ports(named)}: not "
+            "local; refused there (403) without tailscaled's PROXY header naming the peer"
+        )
     return lines

@@ -214,3 +214,49 @@ def test_an_apostrophe_in_a_login_is_still_a_login(state_dir: Path) -> None:
         "o'brien@example.com",
         "alice@github",
     }
+
+
+# ---- a TCP forward (and Funnel) to the app's port: what loopback requests there get -----------
+
+FORWARD = {"TCP": {"443": {"TCPForward": "127.0.0.1:5000"}}}
+FUNNEL = {**FORWARD, "AllowFunnel": {"node.tail1a2b3.ts.net:443": True}}
+FORWARDED_CASES = {
+    "forward-no-gate": (FORWARD, {}, 200),
+    "forward-with-a-user-gate": (FORWARD, {"allowed_users": "alice@example.com"}, 403),
+    "forward-identity-required": (FORWARD, {"identity": "required"}, 403),
+    "funnel-tailnet-policy": (FUNNEL, {}, 403),
+    "funnel-network-any": (FUNNEL, {"network": "any"}, 200),
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "settings", "status"), FORWARDED_CASES.values(), ids=FORWARDED_CASES.keys()
+)
+def test_the_forward_lines_say_when_requests_there_are_refused(
+    caplog: pytest.LogCaptureFixture,
+    state_dir: Path,
+    tailscaled: StandInTailscaled,
+    config: dict[str, Any],
+    settings: dict[str, Any],
+    status: int,
+) -> None:
+    """A loopback request with the token on a port serve forwards raw TCP to: 200 as a proxied
+    peer, or 403 (a gate or "required": nobody can be named; Funnel: public clients) whatever
+    it presents. The start-up line and ``status`` must say "refused" exactly when it is."""
+    tailscaled.serve_config = config
+    with caplog.at_level(logging.DEBUG, logger="flask_tailnet"):
+        app = make_app(state_dir, auth="token", tailscaled_socket=tailscaled.path, **settings)
+    line = " ".join(r.getMessage() for r in caplog.records if "tailscaled" in r.getMessage())
+    the_token = app.extensions["tailnet"].token_file.ensure().decode()
+    answer = app.test_client().get(
+        "/",
+        headers={"Authorization": f"Bearer {the_token}"},
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        environ_overrides={"HTTP_HOST": "localhost:5000", "SERVER_PORT": "5000"},
+    )
+    assert answer.status_code == status
+    shown = app.test_cli_runner().invoke(tailnet, ["status"]).stdout
+    for said in (line.split("; "), shown.splitlines()):  # the start-up line, then status
+        about_the_port = [x for x in said if "port 5000" in x and "tailscale" in x]
+        assert about_the_port
+        assert any("refused" in x for x in about_the_port) is (status == 403), about_the_port
