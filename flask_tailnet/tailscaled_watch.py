@@ -160,6 +160,18 @@ class TailscaledWatch:
                     unknown=True,
                     userspace=True,
                 )
+            if self._last_tun is False:
+                # It answered from a usual path in userspace mode, and its socket is gone: it may
+                # still run and relay (a socket file removed under it), with nobody to ask.
+                return _snapshot(
+                    socket=None,
+                    problem=(
+                        "the socket of tailscaled, seen in userspace networking mode, is gone; "
+                        "restart the app if tailscaled was removed for good"
+                    ),
+                    unknown=True,
+                    userspace=True,
+                )
             return _snapshot(socket=None, problem=None)
         api = LocalAPI(choice.path, timeout=self.timeout)
         try:

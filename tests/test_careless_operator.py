@@ -260,3 +260,28 @@ def test_the_forward_lines_say_when_requests_there_are_refused(
         about_the_port = [x for x in said if "port 5000" in x and "tailscale" in x]
         assert about_the_port
         assert any("refused" in x for x in about_the_port) is (status == 403), about_the_port
+
+
+# ---- a userspace tailscaled whose (unnamed) socket file disappears ----------------------------
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["found-at-a-usual-path", "named"])
+def test_a_userspace_tailscaleds_socket_that_disappears_leaves_loopback_not_local(
+    monkeypatch: pytest.MonkeyPatch, named: bool
+) -> None:
+    """tailscaled in userspace mode relays every tailnet connection to 127.0.0.1; when its socket
+    file goes (``rm`` of /run/tailscale, a cleanup of the directory) it may still be relaying,
+    and no whois can tell its connections apart. A socket found at a usual path must be treated
+    as a named one is: not local until it is back (it was: served as local)."""
+    with trusted_directory() as directory, running_tailscaled(directory) as stand_in:
+        stand_in.status["TUN"] = False
+        monkeypatch.setattr(tailscaled_module, "SOCKET_PATHS", (stand_in.path,))
+        watch = tailscaled_watch.TailscaledWatch(stand_in.path if named else None, "auto")
+        assert watch.current().userspace
+        os.unlink(stand_in.path)  # tailscaled still runs (and relays): its socket file is gone
+        gone = watch.refresh()
+    assert not gone.loopback_clear
+    assert gone.unknown
+    said = tailscaled_watch.describe(gone)
+    assert said[0].startswith("tailscaled: NOT READABLE"), said
+    assert "NOT LOCAL" in said[1], said
