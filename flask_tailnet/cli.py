@@ -191,8 +191,8 @@ def status_command() -> None:
     guard refuses it); when the login method that TAILNET_AUTH forces logs nobody in on
     this machine (PAM unusable, no password set); when the loopback bypass is on and
     tailscaled may be relaying to loopback but cannot be read (every loopback request must
-    then authenticate); and when TAILNET_IDENTITY is "required" and tailscaled does not
-    answer."""
+    then authenticate); and when TAILNET_IDENTITY is "required" or a gate is set and
+    tailscaled does not answer (every remote peer is then refused)."""
     state = _state()
     conf = state.settings
     resolution = state.credentials.choice.resolve()
@@ -237,16 +237,20 @@ def status_command() -> None:
         "gunicorn binds:   " + _gunicorn_binds(conf.bind, conf.allow_wildcard_bind, conf.network),
     ]
     snapshot = state.identify.watch.refresh()
-    for found in describe(snapshot):  # "tailscaled: ...", "loopback: ...": a label each
+    needs_identity = conf.needs_identity
+    found_lines = describe(
+        snapshot, needs_identity=needs_identity, funnel_served=conf.network == "any"
+    )
+    for found in found_lines:  # "tailscaled: ...", "loopback: ...": a label each
         label, _, text = found.partition(": ")
         lines.append(f"{label + ':':<17} {text}")
     lines.append(f"identity:         {_identity_summary(conf)}")
     relay_unknown = conf.local_bypass and snapshot.unknown
-    identity_missing = conf.identity == "required" and not snapshot.reachable
+    identity_missing = conf.identity_needed_by is not None and not snapshot.reachable
     if identity_missing:
         lines.append(
-            "                  UNUSABLE, every remote peer is refused: TAILNET_IDENTITY is "
-            "'required' but tailscaled does not answer"
+            f"                  UNUSABLE, every remote peer is refused: {conf.identity_needed_by} "
+            "but tailscaled does not answer"
         )
     if state.credentials.pam is not None:
         for line in pam_status(state.credentials.pam):
@@ -259,7 +263,13 @@ def status_command() -> None:
         (
             relay_unknown,
             "the guard cannot tell loopback requests that tailscaled relayed from local ones: "
-            "every loopback request must authenticate (see the tailscaled lines)",
+            + (
+                "every loopback request is refused (403), a gate or 'required' identity needing "
+                "an identity nobody can give"
+                if needs_identity
+                else "every loopback request must authenticate"
+            )
+            + " (see the tailscaled lines)",
         ),
         (identity_missing, "no remote peer gets in: see the identity line marked UNUSABLE"),
     ]

@@ -355,15 +355,17 @@ def guard_middleware(app: Flask, wsgi_app: WSGIApplication, state: GuardState) -
 
 def _log_tailscaled(state: GuardState) -> None:
     """The start-up line: what the guard found of tailscaled (a warning when a loopback request
-    cannot be trusted as local, an error when ``"required"`` identity has no tailscaled)."""
+    cannot be trusted as local, an error when ``"required"`` identity or a gate has no
+    tailscaled: every remote peer is then refused)."""
     snapshot = state.identify.watch.current()
-    text = "flask-tailnet: " + "; ".join(describe(snapshot))
-    if state.settings.identity == "required" and not snapshot.reachable:
-        log.error(
-            "%s; TAILNET_IDENTITY is 'required': every remote peer is refused until "
-            "tailscaled answers",
-            text,
-        )
+    conf = state.settings
+    lines = describe(
+        snapshot, needs_identity=conf.needs_identity, funnel_served=conf.network == "any"
+    )
+    text = "flask-tailnet: " + "; ".join(lines)
+    needed_by = state.settings.identity_needed_by
+    if needed_by is not None and not snapshot.reachable:
+        log.error("%s; %s: every remote peer is refused until tailscaled answers", text, needed_by)
     elif snapshot.unknown or snapshot.problem is not None:
         log.warning("%s", text)
     else:

@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 #: The ``UserProfile.LoginName`` tailscaled reports for every tagged node (which has no user).
 TAGGED_DEVICES = "tagged-devices"
@@ -52,6 +52,8 @@ _TAG = re.compile(r"tag:[A-Za-z][A-Za-z0-9-]*")
 # tailscale's own peer capabilities are also written with an https:// scheme.
 _CAPABILITY = re.compile(r"(?:https://)?(?:[A-Za-z0-9-]+\.)+[A-Za-z0-9-]+/[A-Za-z0-9-/]+")
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+#: Characters of a JSON list pasted as one string: never in a login name.
+_JSON_PUNCTUATION = frozenset('"[]')  # not "'": o'brien@example.com is a login
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -250,35 +252,18 @@ class IdentityRule:
         capability: str | None = None,
     ) -> IdentityRule:
         """The rule for these entries; ``ValueError`` (saying which entry and what to write) for a
-        tag that is not ``tag:name``, a user entry that is a tag, ``tagged-devices`` or has spaces,
-        a wildcard other than ``*@domain`` (``*``, ``*@``, ``*@*``, ``*alice@example.com``), a
-        domain of one label (``*@github`` would admit every GitHub account shared into the
-        tailnet), and a capability that is not ``domain/name``."""
+        tag that is not ``tag:name``, a user entry that is a tag, ``tagged-devices``, has spaces,
+        has no ``@`` or holds ``"``, ``[`` or ``]`` (a JSON list given as one string): such an
+        entry matches no login; a wildcard other than ``*@domain`` (``*``, ``*@``, ``*@*``,
+        ``*alice@example.com``), a domain of one label (``*@github`` would admit every GitHub
+        account shared into the tailnet), and a capability that is not ``domain/name``."""
         if isinstance(users, str) or isinstance(tags, str):
             raise ValueError("users and tags are lists of entries, not one string")
         logins: set[str] = set()
         domains: set[str] = set()
         for entry in users:
-            if not isinstance(entry, str) or not entry or len(entry) > MAX_LOGIN:
-                raise ValueError(f"user {entry!r} is not a login name")
-            if entry.startswith("tag:"):
-                raise ValueError(f"user {entry!r} is a tag: list it in the allowed tags instead")
-            if not entry.isprintable() or any(c.isspace() for c in entry):
-                raise ValueError(f"user {entry!r} has spaces or control characters")
-            if fold_login(entry) == TAGGED_DEVICES:
-                raise ValueError(
-                    f"user {entry!r} is what tailscaled calls every tagged node; list tags instead"
-                )
-            if "*" in entry:
-                star, at, domain = entry.partition("@")
-                domain = fold_login(domain)
-                if star != "*" or not at or _DOMAIN.fullmatch(domain) is None:
-                    raise ValueError(
-                        f"user {entry!r}: a wildcard entry is *@domain, such as *@example.com"
-                    )
-                domains.add(domain)
-            else:
-                logins.add(fold_login(entry))
+            kind, value = _user_entry(entry)
+            (domains if kind == "domain" else logins).add(value)
         tag_set: set[str] = set()
         for tag in tags:
             if not isinstance(tag, str) or len(tag) > MAX_TAG or _TAG.fullmatch(tag) is None:
@@ -329,6 +314,40 @@ class IdentityRule:
 
 
 #: The rule that restricts nothing.
+
+
+def _user_entry(entry: object) -> tuple[Literal["login", "domain"], str]:
+    """One ``users`` entry: ``("login", folded login)`` or ``("domain", folded domain)`` for
+    ``*@domain``; ``ValueError`` saying what to write for an entry that matches no login."""
+    if not isinstance(entry, str) or not entry or len(entry) > MAX_LOGIN:
+        raise ValueError(f"user {entry!r} is not a login name")
+    if entry.startswith("tag:"):
+        raise ValueError(f"user {entry!r} is a tag: list it in the allowed tags instead")
+    if not entry.isprintable() or any(c.isspace() for c in entry):
+        raise ValueError(f"user {entry!r} has spaces or control characters")
+    if fold_login(entry) == TAGGED_DEVICES:
+        raise ValueError(
+            f"user {entry!r} is what tailscaled calls every tagged node; list tags instead"
+        )
+    if any(c in _JSON_PUNCTUATION for c in entry):
+        raise ValueError(
+            f"user {entry!r} holds quotes or brackets: give a list of login names, or "
+            "one string of them separated by commas (alice@example.com, bob@example.com)"
+        )
+    if "*" in entry:
+        star, at, domain = entry.partition("@")
+        domain = fold_login(domain)
+        if star != "*" or not at or _DOMAIN.fullmatch(domain) is None:
+            raise ValueError(f"user {entry!r}: a wildcard entry is *@domain, such as *@example.com")
+        return "domain", domain
+    if "@" not in entry:
+        raise ValueError(
+            f"user {entry!r} is not a Tailscale login name, which is always user@domain "
+            "(alice@example.com, alice@github); `flask tailnet whois ADDRESS` shows a peer's"
+        )
+    return "login", fold_login(entry)
+
+
 OPEN = IdentityRule.parse()
 
 

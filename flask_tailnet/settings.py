@@ -92,7 +92,8 @@ REQUIRED_CAPABILITY = "TAILNET_REQUIRED_CAPABILITY"
 #: least one of them set.
 TAILSCALE_LOGIN = "TAILNET_TAILSCALE_LOGIN"
 #: Whether tailscaled runs in userspace-networking mode (and so dials the app from 127.0.0.1):
-#: ``"auto"`` (ask tailscaled), ``True`` or ``False``.
+#: ``"auto"`` (ask tailscaled), ``True`` or ``False``. ``False`` never overrules a tailscaled that
+#: says it runs in userspace mode (that would serve every relayed peer as local).
 USERSPACE = "TAILNET_USERSPACE"
 
 #: gunicorn's port, for a bind spec without one and for the default binds (``$PORT`` overrides it
@@ -163,6 +164,23 @@ class Settings:
     identity_rule: IdentityRule = OPEN
     tailscale_login: bool = False
     userspace: Literal["auto"] | bool = "auto"
+
+    @property
+    def needs_identity(self) -> bool:
+        """Whether a remote peer nobody can name is refused (403) rather than asked for a
+        credential: a gate is set, or ``TAILNET_IDENTITY`` is ``"required"``."""
+        return self.identity_needed_by is not None
+
+    @property
+    def identity_needed_by(self) -> str | None:
+        """Which setting refuses a peer without a Tailscale identity, for messages; ``None``
+        when none does."""
+        if self.identity == "required":
+            return f"{IDENTITY} is 'required'"
+        if self.identity_rule.restricts:
+            gates = f"{ALLOWED_USERS}, {ALLOWED_TAGS} or {REQUIRED_CAPABILITY}"
+            return f"a gate needs an identity ({gates})"
+        return None
 
 
 def load(config: Mapping[str, Any], *, instance_path: str, app_name: str) -> Settings:

@@ -160,6 +160,18 @@ class TailscaledWatch:
                     unknown=True,
                     userspace=True,
                 )
+            if self._last_tun is False:
+                # It answered from a usual path in userspace mode, and its socket is gone: it may
+                # still run and relay (a socket file removed under it), with nobody to ask.
+                return _snapshot(
+                    socket=None,
+                    problem=(
+                        "the socket of tailscaled, seen in userspace networking mode, is gone; "
+                        "restart the app if tailscaled was removed for good"
+                    ),
+                    unknown=True,
+                    userspace=True,
+                )
             return _snapshot(socket=None, problem=None)
         api = LocalAPI(choice.path, timeout=self.timeout)
         try:
@@ -190,10 +202,18 @@ class TailscaledWatch:
                 userspace=bool(userspace),
             )
         self._last_tun = status.tun
-        userspace = (not status.tun) if forced == "auto" else bool(forced)
+        # TAILNET_USERSPACE=False cannot overrule a tailscaled that says it runs in userspace
+        # mode: believing it would serve every relayed tailnet peer as local.
+        userspace = not status.tun or forced is True
+        overruled: str | None = None
+        if forced is False and not status.tun:
+            overruled = (
+                "TAILNET_USERSPACE is False, but tailscaled says it runs in userspace networking "
+                "mode: treated as userspace (remove the setting)"
+            )
         return _snapshot(
             socket=choice.path,
-            problem=None,
+            problem=overruled,
             api=api,
             status=status,
             forwards=forwards,
@@ -212,34 +232,77 @@ def _container_socket_present(configured: str | None) -> bool:
         return False
 
 
-def describe(snapshot: Snapshot) -> list[str]:
+def describe(
+    snapshot: Snapshot, *, needs_identity: bool = False, funnel_served: bool = False
+) -> list[str]:
     """What the guard found, a line each: the start-up log line and ``flask tailnet status`` say
     the same. The first line names tailscaled and its mode; the rest, what it relays to
-    loopback."""
+    loopback, and where such requests are refused (403) whatever credential they present.
+    ``needs_identity``: a gate is set or identity is ``"required"``, so a loopback request that
+    is not local and names nobody is refused, not asked for a credential. ``funnel_served``: the
+    network policy is ``"any"``, so a Funnel-published forward is served (else refused)."""
     if snapshot.socket is None and snapshot.problem is None:
         return ["tailscaled: not found on this host (loopback requests are local)"]
     if not snapshot.reachable:
         lines = [f"tailscaled: NOT READABLE: {snapshot.problem}"]
         if snapshot.unknown:
             lines.append(
-                "loopback: NOT LOCAL: every loopback request must authenticate until it answers"
+                "loopback: NOT LOCAL: every loopback request is refused (403: a gate or "
+                "TAILNET_IDENTITY='required' needs an identity, and nobody can be named) until it "
+                "answers"
+                if needs_identity
+                else "loopback: NOT LOCAL: every loopback request must authenticate until it "
+                "answers"
             )
         else:
             lines.append("loopback: local (tailscaled is not running, so it relays nothing)")
         return lines
     mode = "userspace networking" if snapshot.userspace else "TUN"
     lines = [f"tailscaled: {snapshot.version} at {snapshot.socket}, {mode}"]
+    if snapshot.problem is not None:
+        lines.append(f"setting: {snapshot.problem}")
     if snapshot.userspace:
         lines.append(
             "loopback: relayed connections are told apart by whois of 127.0.0.1:REMOTE_PORT; "
             "only the others are local"
         )
-    if snapshot.forwarded_ports:
-        ports = ", ".join(sorted(snapshot.forwarded_ports, key=int))
-        lines.append(f"tailscale serve: forwards raw TCP to port {ports}: not local there")
+    lines += _forward_lines(snapshot, needs_identity=needs_identity)
     if snapshot.funnel_ports:
-        ports = ", ".join(sorted(snapshot.funnel_ports, key=int))
-        lines.append(f"tailscale funnel: ON for the TCP forward to port {ports} (public)")
+        refused = "" if funnel_served else ": refused there (403) unless TAILNET_NETWORK is 'any'"
+        lines.append(
+            f"tailscale funnel: ON for the TCP forward to port {_ports(snapshot.funnel_ports)} "
+            f"(public){refused}"
+        )
     if not snapshot.userspace and not snapshot.forwarded_ports:
         lines.append("loopback: local (tailscaled relays nothing to it)")
+    return lines
+
+
+def _ports(ports: frozenset[str]) -> str:
+    return ", ".join(sorted(ports, key=int))
+
+
+def _forward_lines(snapshot: Snapshot, *, needs_identity: bool) -> list[str]:
+    """The ``tailscale serve`` lines: which ports serve forwards raw TCP to, and, when a gate or
+    ``"required"`` needs an identity, that loopback requests there are refused unless a PROXY
+    header from tailscaled names the peer."""
+    forwarded = snapshot.forwarded_ports
+    if not forwarded:
+        return []
+    if not needs_identity:
+        return [f"tailscale serve: forwards raw TCP to port {_ports(forwarded)}: not local there"]
+    named = forwarded & snapshot.proxy_protocol_ports
+    anonymous = forwarded - named
+    lines = []
+    if anonymous:
+        lines.append(
+            f"tailscale serve: forwards raw TCP to port {_ports(anonymous)}: not local, and "
+            "refused there (403): nobody can be named, and a gate or TAILNET_IDENTITY='required' "
+            "needs an identity"
+        )
+    if named:
+        lines.append(
+            f"tailscale serve: forwards raw TCP with a PROXY header to port {_ports(named)}: not "
+            "local; refused there (403) without tailscaled's PROXY header naming the peer"
+        )
     return lines

@@ -144,7 +144,10 @@ def test_status_lists_the_ports_serve_forwards(
     if funnel is None:
         assert "tailscale funnel" not in entries
     else:
-        assert entries["tailscale funnel"] == [f"ON for the TCP forward to port {funnel} (public)"]
+        assert entries["tailscale funnel"] == [
+            f"ON for the TCP forward to port {funnel} (public): refused there (403) unless "
+            "TAILNET_NETWORK is 'any'"
+        ]
     assert "loopback" not in entries  # TUN mode, but not "local": a port is forwarded
 
 

@@ -77,7 +77,8 @@ def test_userspace_mode_with_a_funnel_forward(
         f"flask-tailnet: tailscaled: {VERSION} at {tailscaled.path}, userspace networking; "
         "loopback: relayed connections are told apart by whois of 127.0.0.1:REMOTE_PORT; only "
         "the others are local; tailscale serve: forwards raw TCP to port 5000: not local there; "
-        "tailscale funnel: ON for the TCP forward to port 5000 (public)"
+        "tailscale funnel: ON for the TCP forward to port 5000 (public): refused there (403) "
+        "unless TAILNET_NETWORK is 'any'"
     )
 
 
