@@ -93,6 +93,28 @@ class TailscaleIdentity:
     def __hash__(self) -> int:
         return hash((self.node_id, self.login, self.tags, self.addresses))
 
+    def as_json(self) -> dict[str, Any]:
+        """A plain copy that ``json.dumps`` and ``flask.jsonify`` take (the record itself holds
+        read-only mappings, which they refuse): tuples as lists, mappings as dicts."""
+        return {
+            "login": self.login,
+            "display_name": self.display_name,
+            "node": self.node,
+            "node_id": self.node_id,
+            "tags": list(self.tags),
+            "capabilities": _thaw(self.capabilities),
+            "addresses": list(self.addresses),
+        }
+
+
+def _thaw(value: object) -> Any:
+    """A frozen JSON value as plain lists and dicts."""
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_thaw(item) for item in value]
+    return value
+
 
 def parse_whois(document: object) -> TailscaleIdentity:
     """The identity in a whois answer (the decoded JSON object).

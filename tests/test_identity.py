@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask, jsonify
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -672,3 +673,29 @@ def test_decode_header_value_encoded_words_never_raise(
     value = between.join(f"=?{c}?{e}?{t}?=" for c, e, t in words)
     shown = decode_header_value(value)
     assert "\n" not in shown or "\n" in value
+
+
+def test_an_identity_has_a_json_copy_flask_can_send() -> None:
+    """``jsonify(current_peer.tailscale.capabilities)`` fails (read-only mappings); ``as_json``
+    is the plain copy, and changing it changes nothing in the record."""
+    identity = parse_whois(
+        {
+            "Node": {
+                "StableID": "nAbc",
+                "Name": "laptop.tail1a2b3.ts.net.",
+                "Addresses": ["100.64.1.2/32"],
+                "Tags": ["tag:web"],
+            },
+            "UserProfile": {"LoginName": "tagged-devices", "DisplayName": "tagged devices"},
+            "CapMap": {"example.com/cap/app": [{"role": "admin", "paths": ["/a", "/b"]}]},
+        }
+    )
+    plain = identity.as_json()
+    assert json.loads(json.dumps(plain)) == plain
+    assert plain["capabilities"] == {
+        "example.com/cap/app": [{"role": "admin", "paths": ["/a", "/b"]}]
+    }
+    with Flask(__name__).app_context():
+        assert jsonify(plain).get_json()["tags"] == ["tag:web"]
+    plain["capabilities"]["example.com/cap/app"][0]["role"] = "root"
+    assert identity.capabilities["example.com/cap/app"][0]["role"] == "admin"
