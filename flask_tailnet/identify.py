@@ -314,7 +314,7 @@ class Identify:
             snapshot = self.watch.current()
             if address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
-        elif verdict.forwarded:
+        elif "PROXY_PROTOCOL" not in environ:  # a header's claim, trusted or not: not the socket
             untrusted = self._relayed_proxy(environ)
             if untrusted is not None:
                 return untrusted
@@ -335,11 +335,14 @@ class Identify:
         return known.proxied if peer.via_proxy else known.direct
 
     def _relayed_proxy(self, environ: Mapping[str, Any]) -> Verdict | None:
-        """A trusted proxy's request: ``None`` when its socket peer is a local process (the proxy
-        named the client), else what the request is without its headers. tailscaled dials the app
-        from 127.0.0.1 for raw TCP (userspace mode, a serve TCP forward to this port), so a trusted
-        127.0.0.1 may be a tailnet peer that wrote its own ``X-Forwarded-For``: refused is then
-        being the client it names; it is the peer tailscaled relayed (or anonymous)."""
+        """A request with proxy headers (a trusted proxy's, or headers that were ignored):
+        ``None`` when its socket peer is a local process, else what the request is without its
+        headers. tailscaled dials the app from 127.0.0.1 for raw TCP (userspace mode, a serve TCP
+        forward to this port), so a 127.0.0.1 with proxy headers may be a tailnet peer, or a
+        Funnel client, that wrote them itself: refused is then being the client a trusted one
+        names, or the anonymous loopback peer ignored ones leave (which escapes the network
+        policy, the allowlist and a Funnel forward's refusal); it is the peer tailscaled relayed
+        (or anonymous, or refused on a Funnel forward)."""
         snapshot = self.watch.current()
         if snapshot.loopback_clear:
             return None

@@ -1,0 +1,160 @@
+"""Attacks on the identity step, third round (issue 10): the orders in which its rules run.
+
+Each row is what a hostile client does; the expected answer is what the guard must do. The app is
+the real one (Flask's test client, ``REMOTE_ADDR`` and ``SERVER_PORT`` set as a server sets them
+for a connection tailscaled dialled from 127.0.0.1) against the stand-in tailscaled over its
+unix socket; nothing of the client is mocked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import addresses_on_lo, make_app
+from .gunicorn_helpers import free_port, gunicorn_env
+from .tailscaled_relay import Relay, relaying
+from .tailscaled_stand_in import StandInTailscaled, running_tailscaled, trusted_directory
+from .test_relayed import Reply, app_server, get, token_for
+
+# 100.64.44.x and fd7a:115c:a1e0::44:x are this file's: no other test uses them.
+NODE_V4, NODE_V6 = "100.64.44.1", "fd7a:115c:a1e0::44:1"
+ALICE = "100.64.44.7"  #: alice@example.com, the one address TAILNET_ALLOWLIST lists
+BOB = "100.64.44.8"  #: bob@example.com, outside the allowlist
+
+#: The port a Funnel-published ``tailscale serve --tcp`` forward sends to (this app's).
+FORWARDED = 8443
+
+#: (id, headers a public client on the internet adds to its request through the forward)
+FUNNEL_CLIENT_HEADERS = [
+    ("funnel-client-plain", {}),
+    ("funnel-client-adds-x-forwarded-for", {"X-Forwarded-For": "100.64.44.7"}),
+    ("funnel-client-adds-x-forwarded-for-loopback", {"X-Forwarded-For": "127.0.0.1"}),
+    ("funnel-client-adds-forwarded", {"Forwarded": "for=100.64.44.7"}),
+    ("funnel-client-adds-x-forwarded-host", {"X-Forwarded-Host": "localhost"}),
+]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [row[1] for row in FUNNEL_CLIENT_HEADERS],
+    ids=[row[0] for row in FUNNEL_CLIENT_HEADERS],
+)
+@pytest.mark.parametrize("bypass", [True, False], ids=["bypass-on", "bypass-off"])
+@pytest.mark.parametrize("with_token", [False, True], ids=["no-credential", "with-token"])
+def test_a_funnel_client_through_a_tcp_forward_is_refused_whatever_headers_it_adds(
+    tailscaled: StandInTailscaled,
+    state_dir: Path,
+    headers: dict[str, str],
+    bypass: bool,
+    with_token: bool,
+) -> None:
+    """A raw TCP forward that Funnel publishes carries the internet to 127.0.0.1 with no header
+    of tailscaled's: refused (403) unless TAILNET_NETWORK is "any". Proxy headers the client
+    writes itself (no trusted proxy: 127.0.0.1 is not listed) must not turn that refusal into a
+    request for a credential."""
+    tailscaled.serve_config = {
+        "TCP": {"443": {"TCPForward": f"127.0.0.1:{FORWARDED}"}},
+        "AllowFunnel": {"server.tail1a2b3.ts.net:443": True},
+    }
+    app = make_app(
+        state_dir, TAILNET_TAILSCALED_SOCKET=tailscaled.path, TAILNET_LOCAL_BYPASS=bypass
+    )
+    sent = dict(headers)
+    if with_token:
+        token: bytes = app.extensions["tailnet"].token_file.ensure()
+        sent["Authorization"] = f"Bearer {token.decode()}"
+    environ: dict[str, Any] = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000"}
+    reply = app.test_client().get(
+        "/", base_url=f"http://127.0.0.1:{FORWARDED}", headers=sent, environ_base=environ
+    )
+    assert reply.status_code == 403, (reply.status_code, reply.get_data(as_text=True)[:200])
+
+
+# ---- userspace mode: a relayed peer outside the allowlist ----------------------------------
+
+
+@dataclass
+class _Userspace:
+    relay: Relay
+    token: str
+
+
+@pytest.fixture(scope="module", params=["flask-run", "gunicorn-gthread"])
+def allowlisted(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[_Userspace]:
+    """A userspace-mode tailscaled relaying to the app for real (its relays are this process's
+    sockets, as tailscaled's are its own), with ``TAILNET_ALLOWLIST`` naming alice only."""
+    tmp = tmp_path_factory.mktemp("allowlisted")
+    addresses = [f"{a}/32" for a in (NODE_V4, ALICE, BOB)] + [f"{NODE_V6}/128"]
+    with ExitStack() as stack:
+        stack.enter_context(addresses_on_lo(addresses))
+        stand_in = stack.enter_context(running_tailscaled(stack.enter_context(trusted_directory())))
+        stand_in.status["TUN"] = False
+        stand_in.status["TailscaleIPs"] = [NODE_V4, NODE_V6]
+        stand_in.status["Self"]["TailscaleIPs"] = [NODE_V4, NODE_V6]
+        stand_in.add_peer(ALICE, login="alice@example.com", node="alice.tail1a2b3.ts.net")
+        stand_in.add_peer(BOB, login="bob@example.com", node="bob.tail1a2b3.ts.net")
+        state_dir = tmp / "state"
+        token = token_for(state_dir)
+        env = gunicorn_env(
+            state_dir,
+            FLASK_TAILNET_TAILSCALED_SOCKET=stand_in.path,
+            FLASK_TAILNET_ALLOWLIST=f'["{ALICE}"]',
+        )
+        port = free_port()
+        stack.enter_context(app_server(request.param, [port], env, tmp))
+        relay = stack.enter_context(relaying([NODE_V4], port, stand_in))
+        yield _Userspace(relay, token)
+
+
+#: (id, headers bob adds to his relayed request, besides a valid token)
+RELAYED_OUTSIDE_ALLOWLIST = [
+    ("relayed-bob-plain", {}),
+    ("relayed-bob-adds-x-forwarded-for", {"X-Forwarded-For": "127.0.0.1"}),
+    ("relayed-bob-adds-x-forwarded-for-naming-alice", {"X-Forwarded-For": ALICE}),
+    ("relayed-bob-adds-forwarded", {"Forwarded": "for=127.0.0.1"}),
+    ("relayed-bob-adds-x-forwarded-proto", {"X-Forwarded-Proto": "https"}),
+]
+
+
+def _as(world: _Userspace, source: str, headers: dict[str, str]) -> Reply:
+    sent = {"Authorization": f"Bearer {world.token}", **headers}
+    return get(NODE_V4, world.relay.port(), source=source, headers=sent)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "headers",
+    [row[1] for row in RELAYED_OUTSIDE_ALLOWLIST],
+    ids=[row[0] for row in RELAYED_OUTSIDE_ALLOWLIST],
+)
+def test_a_relayed_peer_outside_the_allowlist_is_refused_whatever_headers_it_adds(
+    allowlisted: _Userspace, headers: dict[str, str]
+) -> None:
+    """Userspace tailscaled relays bob from 127.0.0.1; the allowlist refuses his address, token
+    or not. Proxy headers he writes himself (ignored: 127.0.0.1 is no trusted proxy) must not
+    make him the anonymous loopback peer, which no allowlist narrows."""
+    reply = _as(allowlisted, BOB, headers)
+    assert reply.status == 403, reply
+
+
+@pytest.mark.root
+def test_a_relayed_peer_with_ignored_proxy_headers_is_still_itself(
+    allowlisted: _Userspace,
+) -> None:
+    """Alice, in the allowlist, adding an X-Forwarded-For of her own: admitted by her token as
+    herself (her tailnet address and login), never as 127.0.0.1."""
+    reply = _as(allowlisted, ALICE, {"X-Forwarded-For": "127.0.0.1"})
+    assert reply.status == 200, reply
+    assert (reply.body["address"], reply.body["login"], reply.body["local"]) == (
+        ALICE,
+        "alice@example.com",
+        False,
+    )
