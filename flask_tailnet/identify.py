@@ -188,6 +188,18 @@ class Identify:
     ) -> Verdict:
         """A loopback request without proxy headers: unchanged when tailscaled did not relay it,
         else the relayed peer."""
+        forwarded = self._forwarded(environ, snapshot)
+        if forwarded is not None:
+            return forwarded
+        if not snapshot.userspace or ":" in (verdict.peer.address or ":"):
+            return verdict  # netstack dials 127.0.0.1 only, never ::1
+        return self._userspace(environ, verdict, snapshot)
+
+    def _forwarded(self, environ: Mapping[str, Any], snapshot: Snapshot) -> Verdict | None:
+        """A request from an address tailscaled dials from (loopback, this node's own tailnet
+        address) that a serve TCP forward may have relayed: the anonymous relayed peer, refused
+        on a forward Funnel publishes unless the network policy is ``"any"``; ``None`` when no
+        forward targets its ``SERVER_PORT`` and tailscaled's answers are known."""
         if snapshot.unknown:
             return self._relayed_anonymous()
         port = as_received(environ).get("SERVER_PORT")
@@ -195,9 +207,7 @@ class Identify:
             if port in snapshot.funnel_ports and self.policy.name != "any":
                 return REFUSED
             return self._relayed_anonymous()
-        if not snapshot.userspace or ":" in (verdict.peer.address or ":"):
-            return verdict  # netstack dials 127.0.0.1 only, never ::1
-        return self._userspace(environ, verdict, snapshot)
+        return None
 
     def _userspace(
         self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot
@@ -338,7 +348,8 @@ class Identify:
         """A request with proxy headers (a trusted proxy's, or headers that were ignored):
         ``None`` when its socket peer is a local process, else what the request is without its
         headers. tailscaled dials the app from 127.0.0.1 for raw TCP (userspace mode, a serve TCP
-        forward to this port), so a 127.0.0.1 with proxy headers may be a tailnet peer, or a
+        forward to this port), and from this node's own tailnet address for a forward to that
+        address, so such a socket peer with proxy headers may be a tailnet peer, or a
         Funnel client, that wrote them itself: refused is then being the client a trusted one
         names, or the anonymous loopback peer ignored ones leave (which escapes the network
         policy, the allowlist and a Funnel forward's refusal); it is the peer tailscaled relayed
@@ -347,6 +358,8 @@ class Identify:
         if snapshot.loopback_clear:
             return None
         ip = parse_ip(as_received(environ).get("REMOTE_ADDR"))
+        if ip is not None and str(ip) in snapshot.self_addresses:
+            return self._forwarded(environ, snapshot)  # a forward's dial to this node's address
         if ip is None or not is_loopback(ip):
             return None
         socket_peer = Verdict(Outcome.SERVE, Peer(str(ip), "loopback", local=True))
@@ -356,11 +369,13 @@ class Identify:
     def _self(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
         """A connection from this node's own tailnet address: a local process, served as local
         with the loopback bypass's cross-site refusal, unless tailscaled may have made it (a TCP
-        forward to this port, or tailscaled's answers unknown). With the bypass off it
+        forward to this port, refused when Funnel publishes it, or tailscaled's answers
+        unknown). With the bypass off it
         authenticates as loopback does, with no Tailscale identity: whois of this node names the
         node (its owner, its tags), not the local user who connected."""
-        if snapshot.unknown or as_received(environ).get("SERVER_PORT") in snapshot.forwarded_ports:
-            return self._relayed_anonymous()
+        forwarded = self._forwarded(environ, snapshot)
+        if forwarded is not None:
+            return forwarded
         if not self.local_bypass:
             return verdict
         if (

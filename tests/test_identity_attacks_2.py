@@ -158,3 +158,86 @@ def test_a_relayed_peer_with_ignored_proxy_headers_is_still_itself(
         "alice@example.com",
         False,
     )
+
+
+# ---- a TCP forward to this node's own tailnet address ----------------------------------------
+
+#: The node's own address, as status gives it: the app is bound to it (the bind check's advice),
+#: so ``tailscale serve --tcp`` forwards there, and tailscaled's dial comes from it too.
+ME = "100.64.44.1"
+
+#: (id, headers the client adds to what the forward relays)
+FORWARDED_TO_ME_HEADERS = [
+    ("plain", {}),
+    ("adds-x-forwarded-for", {"X-Forwarded-For": ALICE}),
+    ("adds-forwarded", {"Forwarded": f"for={ALICE}"}),
+]
+
+
+def _to_me(tailscaled: StandInTailscaled, *, funnel: bool) -> None:
+    tailscaled.status["TailscaleIPs"] = [ME]
+    tailscaled.status["Self"]["TailscaleIPs"] = [ME]
+    tailscaled.add_peer(ALICE, login="alice@example.com", node="alice.tail1a2b3.ts.net")
+    config: dict[str, Any] = {"TCP": {"443": {"TCPForward": f"{ME}:{FORWARDED}"}}}
+    if funnel:
+        config["AllowFunnel"] = {"server.tail1a2b3.ts.net:443": True}
+    tailscaled.serve_config = config
+
+
+def _from_me(app: Any, headers: dict[str, str]) -> Any:
+    environ: dict[str, Any] = {"REMOTE_ADDR": ME, "REMOTE_PORT": "40000"}
+    return app.test_client().get(
+        "/", base_url=f"http://{ME}:{FORWARDED}", headers=headers, environ_base=environ
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [row[1] for row in FORWARDED_TO_ME_HEADERS],
+    ids=[f"funnel-client-to-own-address-{row[0]}" for row in FORWARDED_TO_ME_HEADERS],
+)
+@pytest.mark.parametrize("bypass", [True, False], ids=["bypass-on", "bypass-off"])
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "own-address-trusted-proxy"])
+def test_a_funnel_forward_to_this_nodes_own_address_is_refused(
+    tailscaled: StandInTailscaled,
+    state_dir: Path,
+    headers: dict[str, str],
+    bypass: bool,
+    trusted: bool,
+) -> None:
+    """A Funnel-published raw TCP forward to the node's own tailnet address: tailscaled dials
+    from that address, so the internet arrives as this node. Refused (403) unless TAILNET_NETWORK
+    is "any", as on loopback, whatever headers the client writes."""
+    _to_me(tailscaled, funnel=True)
+    settings: dict[str, Any] = {"TAILNET_LOCAL_BYPASS": bypass}
+    if trusted:
+        settings["TAILNET_TRUSTED_PROXIES"] = [ME]
+    app = make_app(state_dir, TAILNET_TAILSCALED_SOCKET=tailscaled.path, **settings)
+    reply = _from_me(app, headers)
+    assert reply.status_code == 403, (reply.status_code, reply.get_data(as_text=True)[:200])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [row[1] for row in FORWARDED_TO_ME_HEADERS[1:]],
+    ids=[
+        f"peer-through-forward-to-trusted-own-address-{row[0]}"
+        for row in FORWARDED_TO_ME_HEADERS[1:]
+    ],
+)
+def test_a_peer_through_a_forward_to_a_trusted_own_address_is_not_who_it_names(
+    tailscaled: StandInTailscaled, state_dir: Path, headers: dict[str, str]
+) -> None:
+    """The operator lists the node's own address in TAILNET_TRUSTED_PROXIES (for `tailscale
+    serve`'s HTTP proxy to it). A raw TCP forward to that address relays any tailnet peer's bytes
+    from it: the X-Forwarded-For it writes naming alice must not log it in as alice."""
+    _to_me(tailscaled, funnel=False)
+    app = make_app(
+        state_dir,
+        TAILNET_TAILSCALED_SOCKET=tailscaled.path,
+        TAILNET_TRUSTED_PROXIES=[ME],
+        TAILNET_TAILSCALE_LOGIN=True,
+        TAILNET_ALLOWED_USERS=["alice@example.com"],
+    )
+    reply = _from_me(app, headers)
+    assert reply.status_code == 403, (reply.status_code, reply.get_data(as_text=True)[:200])
