@@ -102,6 +102,9 @@ class Identify:
         self._known = self._cache.entries
         self._connections: PerConnection[str] = PerConnection()
         self._forward_connections: PerConnection[bool] = PerConnection()
+        #: Connections that arrived on a serve TCP forward, and their verdict: tailscaled keeps
+        #: piping them after the forward is removed, so they never become local.
+        self._forwarded_connections: PerConnection[Verdict] = PerConnection()
         self._reported_missing = False
         self._warned_proxy_protocol = False
 
@@ -112,7 +115,7 @@ class Identify:
         outcome = verdict.outcome
         if outcome is Outcome.SERVE:
             snapshot = self.watch.current()
-            if snapshot.loopback_clear:
+            if snapshot.loopback_clear and not self._forwarded_connections:
                 return verdict
             return _no_cross_site_login(environ, self._loopback(environ, verdict, snapshot))
         if outcome is Outcome.AUTHENTICATE:
@@ -199,15 +202,26 @@ class Identify:
         """A request from an address tailscaled dials from (loopback, this node's own tailnet
         address) that a serve TCP forward may have relayed: the anonymous relayed peer, refused
         on a forward Funnel publishes unless the network policy is ``"any"``; ``None`` when no
-        forward targets its ``SERVER_PORT`` and tailscaled's answers are known."""
+        forward targets its ``SERVER_PORT`` and tailscaled's answers are known. A connection
+        that arrived on a forward keeps that verdict for its life: removing a forward does not
+        close the connections tailscaled pipes through it."""
+        connection = connection_of(environ)
+        if connection is not None:
+            known = self._forwarded_connections.get(connection)
+            if known is not None:
+                return known
         if snapshot.unknown:
             return self._relayed_anonymous()
         port = as_received(environ).get("SERVER_PORT")
-        if port in snapshot.forwarded_ports:
-            if port in snapshot.funnel_ports and self.policy.name != "any":
-                return REFUSED
-            return self._relayed_anonymous()
-        return None
+        if port not in snapshot.forwarded_ports:
+            return None
+        if port in snapshot.funnel_ports and self.policy.name != "any":
+            verdict = REFUSED
+        else:
+            verdict = self._relayed_anonymous()
+        if connection is not None:
+            self._forwarded_connections.put(connection, verdict)
+        return verdict
 
     def _userspace(
         self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot
@@ -317,7 +331,7 @@ class Identify:
         if not peer.via_proxy:
             if _loopback_text(address):  # the bypass is off: still, a relayed request is not local
                 snapshot = self.watch.current()
-                if snapshot.loopback_clear:
+                if snapshot.loopback_clear and not self._forwarded_connections:
                     return verdict
                 relayed = self._loopback(environ, verdict, snapshot)
                 return verdict if relayed is verdict else relayed
@@ -355,7 +369,7 @@ class Identify:
         policy, the allowlist and a Funnel forward's refusal); it is the peer tailscaled relayed
         (or anonymous, or refused on a Funnel forward)."""
         snapshot = self.watch.current()
-        if snapshot.loopback_clear:
+        if snapshot.loopback_clear and not self._forwarded_connections:
             return None
         ip = parse_ip(as_received(environ).get("REMOTE_ADDR"))
         if ip is not None and str(ip) in snapshot.self_addresses:

@@ -8,6 +8,8 @@ unix socket; nothing of the client is mocked.
 
 from __future__ import annotations
 
+import http.client
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from flask_tailnet.tailscaled_watch import REFRESH_SECONDS
 
 from .conftest import addresses_on_lo, make_app
 from .gunicorn_helpers import free_port, gunicorn_env
@@ -241,3 +245,57 @@ def test_a_peer_through_a_forward_to_a_trusted_own_address_is_not_who_it_names(
     )
     reply = _from_me(app, headers)
     assert reply.status_code == 403, (reply.status_code, reply.get_data(as_text=True)[:200])
+
+
+# ---- a keep-alive connection outlives the forward it came through ----------------------------
+
+#: (id, the serve configuration the connection arrives through; what its first request gets)
+FORWARDS_THEN_REMOVED = [
+    ("keep-alive-through-tcp-forward-then-forward-removed", False, 401),
+    ("keep-alive-through-funnel-forward-then-forward-removed", True, 403),
+]
+
+
+@pytest.mark.parametrize(
+    ("funnel", "first"),
+    [row[1:] for row in FORWARDS_THEN_REMOVED],
+    ids=[row[0] for row in FORWARDS_THEN_REMOVED],
+)
+def test_a_connection_a_forward_relayed_stays_relayed_after_the_forward_goes(
+    tmp_path: Path, funnel: bool, first: int
+) -> None:
+    """tailscaled keeps piping a connection it forwarded when `tailscale serve --tcp … off` (or
+    a Funnel switched off) removes the forward: the client, a tailnet peer or anyone on the
+    internet, keeps its keep-alive connection open (gunicorn gthread) and waits. Its later
+    requests are still the relay's, never local; a new connection from a local client is local
+    again."""
+    config: dict[str, Any] = {}
+    with ExitStack() as stack:
+        stand_in = stack.enter_context(running_tailscaled(stack.enter_context(trusted_directory())))
+        stand_in.status["TUN"] = True
+        port = free_port()
+        config = {"TCP": {"443": {"TCPForward": f"127.0.0.1:{port}"}}}
+        if funnel:
+            config["AllowFunnel"] = {"server.tail1a2b3.ts.net:443": True}
+        stand_in.serve_config = config  # read at start
+        env = gunicorn_env(tmp_path / "state", FLASK_TAILNET_TAILSCALED_SOCKET=stand_in.path)
+        stack.enter_context(app_server("gunicorn-gthread", [port], env, tmp_path))
+        relayed = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        stack.callback(relayed.close)
+        statuses = [_status(relayed)]
+        with stand_in.lock:
+            stand_in.serve_config = None
+        # The next request after REFRESH_SECONDS re-reads serve-config; gunicorn keeps the idle
+        # connection for 5 s (--keep-alive 5).
+        time.sleep(REFRESH_SECONDS + 0.5)
+        fresh = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        stack.callback(fresh.close)
+        statuses += [_status(fresh), _status(relayed)]
+    assert statuses == [first, 200, first], statuses
+
+
+def _status(conn: http.client.HTTPConnection) -> int:
+    conn.request("GET", "/", headers={"Host": conn.host})
+    response = conn.getresponse()
+    response.read()
+    return response.status
