@@ -105,6 +105,7 @@ class Identify:
         #: Connections that arrived on a serve TCP forward, and their verdict: tailscaled keeps
         #: piping them after the forward is removed, so they never become local.
         self._forwarded_connections: PerConnection[Verdict] = PerConnection()
+        self._any_forwarded = self._forwarded_connections.live
         self._reported_missing = False
         self._warned_proxy_protocol = False
 
@@ -115,7 +116,7 @@ class Identify:
         outcome = verdict.outcome
         if outcome is Outcome.SERVE:
             snapshot = self.watch.current()
-            if snapshot.loopback_clear and not self._forwarded_connections:
+            if snapshot.loopback_clear and not self._any_forwarded:
                 return verdict
             return _no_cross_site_login(environ, self._loopback(environ, verdict, snapshot))
         if outcome is Outcome.AUTHENTICATE:
@@ -331,7 +332,7 @@ class Identify:
         if not peer.via_proxy:
             if _loopback_text(address):  # the bypass is off: still, a relayed request is not local
                 snapshot = self.watch.current()
-                if snapshot.loopback_clear and not self._forwarded_connections:
+                if snapshot.loopback_clear and not self._any_forwarded:
                     return verdict
                 relayed = self._loopback(environ, verdict, snapshot)
                 return verdict if relayed is verdict else relayed
@@ -369,7 +370,7 @@ class Identify:
         policy, the allowlist and a Funnel forward's refusal); it is the peer tailscaled relayed
         (or anonymous, or refused on a Funnel forward)."""
         snapshot = self.watch.current()
-        if snapshot.loopback_clear and not self._forwarded_connections:
+        if snapshot.loopback_clear and not self._any_forwarded:
             return None
         ip = parse_ip(as_received(environ).get("REMOTE_ADDR"))
         if ip is not None and str(ip) in snapshot.self_addresses:
