@@ -106,13 +106,21 @@ class Identify:
         #: piping them after the forward is removed, so they never become local.
         self._forwarded_connections: PerConnection[Verdict] = PerConnection()
         self._any_forwarded = self._forwarded_connections.live
+        #: Connections whose PROXY header tailscaled sent, and the peer it named: gunicorn reads
+        #: the header before a connection's first request only.
+        self._proxied_connections: PerConnection[Verdict] = PerConnection()
+        self._any_proxied = self._proxied_connections.live
         self._reported_missing = False
         self._warned_proxy_protocol = False
 
     def __call__(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
         """The gate's ``verdict`` with what tailscaled knows (see the module docstring)."""
-        if "PROXY_PROTOCOL" in environ:
-            verdict = self._proxy_protocol(environ, verdict)
+        if self._any_proxied or "PROXY_PROTOCOL" in environ:
+            named = self._named_by_a_proxy_header(environ, verdict)
+            if named is not None:
+                if named.outcome is not Outcome.AUTHENTICATE:
+                    return named
+                return _no_cross_site_login(environ, self._remote(environ, named, header=True))
         outcome = verdict.outcome
         if outcome is Outcome.SERVE:
             snapshot = self.watch.current()
@@ -122,6 +130,21 @@ class Identify:
         if outcome is Outcome.AUTHENTICATE:
             return _no_cross_site_login(environ, self._remote(environ, verdict))
         return verdict
+
+    def _named_by_a_proxy_header(
+        self, environ: Mapping[str, Any], verdict: Verdict
+    ) -> Verdict | None:
+        """The verdict of a request on a connection that began with a PROXY protocol header
+        (:meth:`_proxy_protocol`), ``None`` for any other. The requests after the first on a
+        keep-alive connection come without the header's address (gunicorn reads it once): they
+        are the peer it named, whatever their own proxy headers say, unless the gate refused
+        them."""
+        if "PROXY_PROTOCOL" in environ:
+            return self._proxy_protocol(environ, verdict)
+        connection = connection_of(environ)
+        if connection is None or verdict.outcome is Outcome.REFUSE:
+            return None
+        return self._proxied_connections.get(connection)
 
     def _proxy_protocol(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
         """A request whose address the server took from a PROXY protocol header (gunicorn
@@ -162,9 +185,13 @@ class Identify:
                 )
             return REFUSED
         if verdict.outcome is Outcome.SERVE:
-            return self._relayed_anonymous()
-        peer = verdict.peer
-        return Verdict(Outcome.AUTHENTICATE, Peer(peer.address, "none", via_proxy=True))
+            named = self._relayed_anonymous()
+        else:
+            named = Verdict(
+                Outcome.AUTHENTICATE, Peer(verdict.peer.address, "none", via_proxy=True)
+            )
+        self._proxied_connections.put(connection, named)
+        return named
 
     def _sent_by_a_forward(
         self, connection: object, client: tuple[str, int], snapshot: Snapshot
@@ -324,7 +351,11 @@ class Identify:
 
     # -- remote ---------------------------------------------------------------------------------
 
-    def _remote(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
+    def _remote(
+        self, environ: Mapping[str, Any], verdict: Verdict, *, header: bool = False
+    ) -> Verdict:
+        """A peer the gate asks to authenticate; ``header``: its address is the one a PROXY
+        header from tailscaled named (its connection's socket peer is tailscaled)."""
         peer = verdict.peer
         address = peer.address
         if address is None:
@@ -339,7 +370,7 @@ class Identify:
             snapshot = self.watch.current()
             if address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
-        elif "PROXY_PROTOCOL" not in environ:  # a header's claim, trusted or not: not the socket
+        elif not header:  # a proxy header's claim, trusted or not: not the socket's peer
             untrusted = self._relayed_proxy(environ)
             if untrusted is not None:
                 return untrusted

@@ -299,3 +299,47 @@ def _status(conn: http.client.HTTPConnection) -> int:
     response = conn.getresponse()
     response.read()
     return response.status
+
+
+# ---- PROXY protocol on a keep-alive connection -------------------------------------------------
+
+
+def test_a_keep_alive_connection_tailscaleds_proxy_header_named_stays_that_peer(
+    tmp_path: Path,
+) -> None:
+    """gunicorn reads a PROXY header only before a connection's first request: the requests
+    after it on the same keep-alive connection come with 127.0.0.1 and no PROXY_PROTOCOL. They
+    are still the tailnet peer the header named (its identity, its Tailscale login through the
+    gate), never local and never the anonymous relay (which a gate refuses: a browser's second
+    request would get 403)."""
+    with ExitStack() as stack:
+        stack.enter_context(addresses_on_lo([f"{NODE_V4}/32", f"{ALICE}/32"]))
+        stand_in = stack.enter_context(running_tailscaled(stack.enter_context(trusted_directory())))
+        stand_in.status["TUN"] = True
+        stand_in.status["TailscaleIPs"] = [NODE_V4]
+        stand_in.status["Self"]["TailscaleIPs"] = [NODE_V4]
+        stand_in.add_peer(ALICE, login="alice@example.com", node="alice.tail1a2b3.ts.net")
+        port = free_port()
+        stand_in.serve_config = {
+            "TCP": {"443": {"TCPForward": f"127.0.0.1:{port}", "ProxyProtocol": 2}}
+        }
+        env = gunicorn_env(
+            tmp_path / "state",
+            FLASK_TAILNET_TAILSCALED_SOCKET=stand_in.path,
+            FLASK_TAILNET_TAILSCALE_LOGIN="true",
+            FLASK_TAILNET_ALLOWED_USERS="alice@example.com",
+        )
+        stack.enter_context(
+            app_server("gunicorn-gthread", [port], env, tmp_path, ["--proxy-protocol"])
+        )
+        relay = stack.enter_context(
+            relaying([NODE_V4], port, stand_in, register="never", proxy_protocol=2)
+        )
+        conn = http.client.HTTPConnection(
+            NODE_V4, relay.port(), timeout=15, source_address=(ALICE, 0)
+        )
+        stack.callback(conn.close)
+        replies = [get(NODE_V4, relay.port(), conn=conn) for _ in range(3)]
+    assert [(r.status, r.body.get("method"), r.body.get("address")) for r in replies] == [
+        (200, "tailscale", ALICE)
+    ] * 3, replies
