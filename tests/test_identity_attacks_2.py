@@ -343,3 +343,51 @@ def test_a_keep_alive_connection_tailscaleds_proxy_header_named_stays_that_peer(
     assert [(r.status, r.body.get("method"), r.body.get("address")) for r in replies] == [
         (200, "tailscale", ALICE)
     ] * 3, replies
+
+
+# ---- odd environ values never raise out of the identity step ---------------------------------
+
+
+class _NotASocket:
+    """A server's connection object that is no socket (weak-referenceable, methods that fail)."""
+
+    def getsockname(self) -> Any:
+        raise OSError("not connected")
+
+    def getpeername(self) -> Any:
+        return "not a tuple"
+
+
+#: (id, environ the server gives a loopback request in userspace mode)
+ODD_ENVIRON = [
+    ("remote-port-bytes", {"REMOTE_PORT": b"40000"}),
+    ("remote-port-negative", {"REMOTE_PORT": "-1"}),
+    ("remote-port-zero", {"REMOTE_PORT": "0"}),
+    ("remote-port-huge", {"REMOTE_PORT": "9" * 5000}),
+    ("remote-port-empty", {"REMOTE_PORT": ""}),
+    ("remote-port-not-a-number", {"REMOTE_PORT": "http"}),
+    ("remote-port-none", {"REMOTE_PORT": None}),
+    ("server-port-none", {"SERVER_PORT": None, "REMOTE_PORT": "40000"}),
+    ("connection-not-a-socket", {"REMOTE_PORT": "40000", "werkzeug.socket": _NotASocket()}),
+    (
+        "proxy-protocol-on-a-non-socket",
+        {"PROXY_PROTOCOL": "TCP4", "werkzeug.socket": _NotASocket()},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "extra", [row[1] for row in ODD_ENVIRON], ids=[row[0] for row in ODD_ENVIRON]
+)
+def test_odd_environ_on_a_userspace_loopback_request_is_not_local_and_not_a_crash(
+    tailscaled: StandInTailscaled,
+    state_dir: Path,
+    extra: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tailscaled.status["TUN"] = False
+    app = make_app(state_dir, TAILNET_TAILSCALED_SOCKET=tailscaled.path)
+    environ: dict[str, Any] = {"REMOTE_ADDR": "127.0.0.1", **extra}
+    reply = app.test_client().get("/", base_url="http://127.0.0.1:8080", environ_base=environ)
+    assert reply.status_code in (401, 403), reply.get_data(as_text=True)[:200]
+    assert "internal error" not in caplog.text
