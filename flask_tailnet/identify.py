@@ -102,22 +102,49 @@ class Identify:
         self._known = self._cache.entries
         self._connections: PerConnection[str] = PerConnection()
         self._forward_connections: PerConnection[bool] = PerConnection()
+        #: Connections that arrived on a serve TCP forward, and their verdict: tailscaled keeps
+        #: piping them after the forward is removed, so they never become local.
+        self._forwarded_connections: PerConnection[Verdict] = PerConnection()
+        self._any_forwarded = self._forwarded_connections.live
+        #: Connections whose PROXY header tailscaled sent, and the peer it named: gunicorn reads
+        #: the header before a connection's first request only.
+        self._proxied_connections: PerConnection[Verdict] = PerConnection()
+        self._any_proxied = self._proxied_connections.live
         self._reported_missing = False
         self._warned_proxy_protocol = False
 
     def __call__(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
         """The gate's ``verdict`` with what tailscaled knows (see the module docstring)."""
-        if "PROXY_PROTOCOL" in environ:
-            verdict = self._proxy_protocol(environ, verdict)
+        if self._any_proxied or "PROXY_PROTOCOL" in environ:
+            named = self._named_by_a_proxy_header(environ, verdict)
+            if named is not None:
+                if named.outcome is not Outcome.AUTHENTICATE:
+                    return named
+                return _no_cross_site_login(environ, self._remote(environ, named, header=True))
         outcome = verdict.outcome
         if outcome is Outcome.SERVE:
             snapshot = self.watch.current()
-            if snapshot.loopback_clear:
+            if snapshot.loopback_clear and not self._any_forwarded:
                 return verdict
             return _no_cross_site_login(environ, self._loopback(environ, verdict, snapshot))
         if outcome is Outcome.AUTHENTICATE:
             return _no_cross_site_login(environ, self._remote(environ, verdict))
         return verdict
+
+    def _named_by_a_proxy_header(
+        self, environ: Mapping[str, Any], verdict: Verdict
+    ) -> Verdict | None:
+        """The verdict of a request on a connection that began with a PROXY protocol header
+        (:meth:`_proxy_protocol`), ``None`` for any other. The requests after the first on a
+        keep-alive connection come without the header's address (gunicorn reads it once): they
+        are the peer it named, whatever their own proxy headers say, unless the gate refused
+        them."""
+        if "PROXY_PROTOCOL" in environ:
+            return self._proxy_protocol(environ, verdict)
+        connection = connection_of(environ)
+        if connection is None or verdict.outcome is Outcome.REFUSE:
+            return None
+        return self._proxied_connections.get(connection)
 
     def _proxy_protocol(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
         """A request whose address the server took from a PROXY protocol header (gunicorn
@@ -158,9 +185,13 @@ class Identify:
                 )
             return REFUSED
         if verdict.outcome is Outcome.SERVE:
-            return self._relayed_anonymous()
-        peer = verdict.peer
-        return Verdict(Outcome.AUTHENTICATE, Peer(peer.address, "none", via_proxy=True))
+            named = self._relayed_anonymous()
+        else:
+            named = Verdict(
+                Outcome.AUTHENTICATE, Peer(verdict.peer.address, "none", via_proxy=True)
+            )
+        self._proxied_connections.put(connection, named)
+        return named
 
     def _sent_by_a_forward(
         self, connection: object, client: tuple[str, int], snapshot: Snapshot
@@ -188,16 +219,37 @@ class Identify:
     ) -> Verdict:
         """A loopback request without proxy headers: unchanged when tailscaled did not relay it,
         else the relayed peer."""
-        if snapshot.unknown:
-            return self._relayed_anonymous()
-        port = as_received(environ).get("SERVER_PORT")
-        if port in snapshot.forwarded_ports:
-            if port in snapshot.funnel_ports and self.policy.name != "any":
-                return REFUSED
-            return self._relayed_anonymous()
+        forwarded = self._forwarded(environ, snapshot)
+        if forwarded is not None:
+            return forwarded
         if not snapshot.userspace or ":" in (verdict.peer.address or ":"):
             return verdict  # netstack dials 127.0.0.1 only, never ::1
         return self._userspace(environ, verdict, snapshot)
+
+    def _forwarded(self, environ: Mapping[str, Any], snapshot: Snapshot) -> Verdict | None:
+        """A request from an address tailscaled dials from (loopback, this node's own tailnet
+        address) that a serve TCP forward may have relayed: the anonymous relayed peer, refused
+        on a forward Funnel publishes unless the network policy is ``"any"``; ``None`` when no
+        forward targets its ``SERVER_PORT`` and tailscaled's answers are known. A connection
+        that arrived on a forward keeps that verdict for its life: removing a forward does not
+        close the connections tailscaled pipes through it."""
+        connection = connection_of(environ)
+        if connection is not None:
+            known = self._forwarded_connections.get(connection)
+            if known is not None:
+                return known
+        if snapshot.unknown:
+            return self._relayed_anonymous()
+        port = as_received(environ).get("SERVER_PORT")
+        if port not in snapshot.forwarded_ports:
+            return None
+        if port in snapshot.funnel_ports and self.policy.name != "any":
+            verdict = REFUSED
+        else:
+            verdict = self._relayed_anonymous()
+        if connection is not None:
+            self._forwarded_connections.put(connection, verdict)
+        return verdict
 
     def _userspace(
         self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot
@@ -299,7 +351,11 @@ class Identify:
 
     # -- remote ---------------------------------------------------------------------------------
 
-    def _remote(self, environ: Mapping[str, Any], verdict: Verdict) -> Verdict:
+    def _remote(
+        self, environ: Mapping[str, Any], verdict: Verdict, *, header: bool = False
+    ) -> Verdict:
+        """A peer the gate asks to authenticate; ``header``: its address is the one a PROXY
+        header from tailscaled named (its connection's socket peer is tailscaled)."""
         peer = verdict.peer
         address = peer.address
         if address is None:
@@ -307,14 +363,14 @@ class Identify:
         if not peer.via_proxy:
             if _loopback_text(address):  # the bypass is off: still, a relayed request is not local
                 snapshot = self.watch.current()
-                if snapshot.loopback_clear:
+                if snapshot.loopback_clear and not self._any_forwarded:
                     return verdict
                 relayed = self._loopback(environ, verdict, snapshot)
                 return verdict if relayed is verdict else relayed
             snapshot = self.watch.current()
             if address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
-        elif verdict.forwarded:
+        elif not header:  # a proxy header's claim, trusted or not: not the socket's peer
             untrusted = self._relayed_proxy(environ)
             if untrusted is not None:
                 return untrusted
@@ -335,15 +391,21 @@ class Identify:
         return known.proxied if peer.via_proxy else known.direct
 
     def _relayed_proxy(self, environ: Mapping[str, Any]) -> Verdict | None:
-        """A trusted proxy's request: ``None`` when its socket peer is a local process (the proxy
-        named the client), else what the request is without its headers. tailscaled dials the app
-        from 127.0.0.1 for raw TCP (userspace mode, a serve TCP forward to this port), so a trusted
-        127.0.0.1 may be a tailnet peer that wrote its own ``X-Forwarded-For``: refused is then
-        being the client it names; it is the peer tailscaled relayed (or anonymous)."""
+        """A request with proxy headers (a trusted proxy's, or headers that were ignored):
+        ``None`` when its socket peer is a local process, else what the request is without its
+        headers. tailscaled dials the app from 127.0.0.1 for raw TCP (userspace mode, a serve TCP
+        forward to this port), and from this node's own tailnet address for a forward to that
+        address, so such a socket peer with proxy headers may be a tailnet peer, or a
+        Funnel client, that wrote them itself: refused is then being the client a trusted one
+        names, or the anonymous loopback peer ignored ones leave (which escapes the network
+        policy, the allowlist and a Funnel forward's refusal); it is the peer tailscaled relayed
+        (or anonymous, or refused on a Funnel forward)."""
         snapshot = self.watch.current()
-        if snapshot.loopback_clear:
+        if snapshot.loopback_clear and not self._any_forwarded:
             return None
         ip = parse_ip(as_received(environ).get("REMOTE_ADDR"))
+        if ip is not None and str(ip) in snapshot.self_addresses:
+            return self._forwarded(environ, snapshot)  # a forward's dial to this node's address
         if ip is None or not is_loopback(ip):
             return None
         socket_peer = Verdict(Outcome.SERVE, Peer(str(ip), "loopback", local=True))
@@ -353,11 +415,13 @@ class Identify:
     def _self(self, environ: Mapping[str, Any], verdict: Verdict, snapshot: Snapshot) -> Verdict:
         """A connection from this node's own tailnet address: a local process, served as local
         with the loopback bypass's cross-site refusal, unless tailscaled may have made it (a TCP
-        forward to this port, or tailscaled's answers unknown). With the bypass off it
+        forward to this port, refused when Funnel publishes it, or tailscaled's answers
+        unknown). With the bypass off it
         authenticates as loopback does, with no Tailscale identity: whois of this node names the
         node (its owner, its tags), not the local user who connected."""
-        if snapshot.unknown or as_received(environ).get("SERVER_PORT") in snapshot.forwarded_ports:
-            return self._relayed_anonymous()
+        forwarded = self._forwarded(environ, snapshot)
+        if forwarded is not None:
+            return forwarded
         if not self.local_bypass:
             return verdict
         if (

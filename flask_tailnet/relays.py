@@ -271,6 +271,12 @@ class PerConnection(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def live(self) -> Mapping[int, object]:
+        """The entries themselves, read-only by contract: empty exactly when nothing is
+        remembered. A hot path keeps it to test that without a call."""
+        return self._entries
+
 
 def _forget(
     entries: dict[int, tuple[weakref.ref[Any], Any]], key: int
