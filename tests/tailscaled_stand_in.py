@@ -350,15 +350,19 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
 
 @contextmanager
-def running_tailscaled(directory: str | os.PathLike[str]) -> Iterator[StandInTailscaled]:
+def running_tailscaled(
+    directory: str | os.PathLike[str], *, poll_interval: float = 0.05
+) -> Iterator[StandInTailscaled]:
     """A stand-in tailscaled listening on ``directory``/tailscaled.sock (mode 0666, as tailscaled
-    makes it), stopped and removed at the end of the ``with``."""
+    makes it), stopped and removed at the end of the ``with`` (within ``poll_interval``: how
+    often its thread wakes to look for a stop; each wake takes the GIL from whatever runs, which
+    a benchmark in the same process measures)."""
     path = os.path.join(os.fspath(directory), "tailscaled.sock")
     state = StandInTailscaled(path)
     server = _Server(state)
     os.chmod(path, 0o666)
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        target=server.serve_forever, kwargs={"poll_interval": poll_interval}, daemon=True
     )
     thread.start()
     try:
@@ -366,7 +370,7 @@ def running_tailscaled(directory: str | os.PathLike[str]) -> Iterator[StandInTai
     finally:
         server.shutdown()
         server.server_close()
-        thread.join(5)
+        thread.join(poll_interval + 5)
         with suppress(FileNotFoundError):
             os.unlink(path)
 
