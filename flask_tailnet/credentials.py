@@ -17,8 +17,7 @@ from typing import Any, Protocol
 
 from .attempts import Attempts, InForce, Limited
 from .caches import BoundedCache
-from .gate import SAFE_METHODS
-from .hosts import cross_site
+from .hosts import unsafe_cross_site
 from .methods import LoginMethod, MethodChoice
 from .peer import Peer, logged_in
 from .proxies import original_host
@@ -189,9 +188,7 @@ class SessionCookie:
             if found is None:
                 return None
             session = found
-        if (
-            environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
-        ) and cross_site(environ, original_host(environ)):
+        if unsafe_cross_site(environ, original_host(environ)):
             return FORBID
         return logged_in(peer, "session", session.user)
 

@@ -29,13 +29,12 @@ from .addresses import (
     parse_ip,
 )
 from .caches import BoundedCache
-from .hosts import MAX_HOST_LENGTH, HostCheck, HostRule, cross_site
+from .hosts import MAX_HOST_LENGTH, SAFE_METHODS, HostCheck, HostRule, cross_site
 from .peer import Peer
 from .proxies import FUNNEL_KEY, PROXY_FIX_ORIG, PROXY_HEADER_KEYS, forwarded_client
 
 log = logging.getLogger("flask_tailnet")
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CACHE_LIMIT = 4096
 
 
@@ -106,7 +105,7 @@ class Gate:
             route = self._route(key)
         if not PROXY_HEADER_KEYS.isdisjoint(environ):  # the fastest of the spellings measured
             return self._proxied(environ, route)
-        if (
+        if (  # hosts.unsafe_cross_site, inlined: every loopback request would pay the call
             route.bypass
             and (environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ)
             and cross_site(environ, key[1])

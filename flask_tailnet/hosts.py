@@ -156,6 +156,20 @@ def same_origin(origin: object, host: object, scheme: str) -> bool:
     return (ours[0], ours[2] or default) == (theirs[0], theirs[2] or default)
 
 
+#: Methods that must not change state, so a cross-site request with one is not refused.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def unsafe_cross_site(environ: Mapping[str, Any], host: object) -> bool:
+    """What every way in without a credential in the request refuses (the loopback bypass, a
+    session cookie, Tailscale login, this node's own address): an unsafe request (a method other
+    than ``GET``, ``HEAD`` and ``OPTIONS``, or any request with an ``Upgrade`` header: a WebSocket
+    handshake) that :func:`cross_site` says a page of another site sent."""
+    return (
+        environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
+    ) and cross_site(environ, host)
+
+
 def cross_site(environ: Mapping[str, Any], host: object) -> bool:
     """True if a browser sent this request from another site: ``Sec-Fetch-Site: cross-site``, or
     an ``Origin`` (``null`` included) that is not this request's scheme and Host, unless the

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from .addresses import Policy, is_loopback, is_tailnet, parse_ip
 from .caches import BoundedCache
-from .gate import REFUSED, SAFE_METHODS, Outcome, Verdict
-from .hosts import cross_site
+from .gate import REFUSED, Outcome, Verdict
+from .hosts import unsafe_cross_site
 from .identity import IdentityRule, TailscaleIdentity, decode_header_value, fold_login
 from .peer import Peer
 from .proxies import as_received
@@ -424,9 +424,7 @@ class Identify:
             return forwarded
         if not self.local_bypass:
             return verdict
-        if (
-            environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ
-        ) and cross_site(environ, as_received(environ).get("HTTP_HOST")):
+        if unsafe_cross_site(environ, as_received(environ).get("HTTP_HOST")):
             return REFUSED
         return Verdict(Outcome.SERVE, Peer(verdict.peer.address, "loopback", local=True))
 
@@ -511,8 +509,7 @@ def _no_cross_site_login(environ: Mapping[str, Any], verdict: Verdict) -> Verdic
     if (
         verdict.outcome is Outcome.SERVE
         and verdict.peer.method == "tailscale"
-        and (environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_UPGRADE" in environ)
-        and cross_site(environ, as_received(environ).get("HTTP_HOST"))
+        and unsafe_cross_site(environ, as_received(environ).get("HTTP_HOST"))
     ):
         return REFUSED
     return verdict
