@@ -365,8 +365,7 @@ class Identify:
                 snapshot = self.watch.current()
                 if snapshot.loopback_clear and not self._any_forwarded:
                     return verdict
-                relayed = self._loopback(environ, verdict, snapshot)
-                return verdict if relayed is verdict else relayed
+                return self._loopback(environ, verdict, snapshot)
             snapshot = self.watch.current()
             if address in snapshot.self_addresses:
                 return self._self(environ, verdict, snapshot)
@@ -434,7 +433,8 @@ class Identify:
             return known
         identity: TailscaleIdentity | None = None
         seconds = IDENTITY_SECONDS
-        api = self.watch.current().api
+        snapshot = self.watch.current()
+        api = snapshot.api
         if not self._asks or not is_tailnet(parse_ip(address)):
             pass  # identity off, or not a tailnet address: nobody tailscaled could name
         elif api is None:
@@ -447,7 +447,7 @@ class Identify:
                 log.warning("flask-tailnet: whois of %s failed: %s", address, exc)
                 seconds = FAILURE_SECONDS
             else:
-                if identity is not None and not self.watch.current().self_addresses.isdisjoint(
+                if identity is not None and not snapshot.self_addresses.isdisjoint(
                     identity.addresses
                 ):
                     identity = None  # this node itself (a local process, via a proxy): nobody
