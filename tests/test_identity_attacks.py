@@ -113,13 +113,14 @@ def test_a_relay_tailscaled_closes_mid_decision_is_never_local(
     neither. It must not be taken as a local process's: the request is not served as local (it
     needs no answer to do harm)."""
 
+    pending: list[socket.socket] = []
+    _closing_before(monkeypatch, step, pending)  # before the request: the server may be quick
     relay = socket.create_connection(("127.0.0.1", userspace.port), timeout=_WAIT)
+    pending.append(relay)
     relay.sendall(
         f"POST /act HTTP/1.1\r\nHost: 127.0.0.1:{userspace.port}\r\n"
         "Content-Length: 0\r\n\r\n".encode()
     )
-    pending = [relay]
-    _closing_before(monkeypatch, step, pending)
     try:
         status = userspace.wait_for_answer()
     finally:
